@@ -1,0 +1,79 @@
+# flipserve — the one entry point for people and CI. `make help` lists targets.
+#
+# Heavy things are cached outside the checkout so a fresh clone (CI) reuses
+# them: the virtualenv, the Go-built control-plane binaries and npm data all
+# live under $(CACHE).
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+CACHE := $(or $(FLIPSERVE_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/flipserve)
+export FLIPSERVE_CACHE := $(CACHE)
+VENV ?= $(CACHE)/venv
+PY := $(VENV)/bin/python
+UV_VERSION := 0.13.9
+LOCK := requirements/dev-lock.txt
+LOCK_HASH := $(shell sha256sum $(LOCK) | cut -c1-16)
+VENV_STAMP := $(VENV)/.flipserve-$(LOCK_HASH)
+export PYTHONPATH := $(CURDIR)/src
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+FLIPSERVE := $(PY) -m flipserve
+PYTEST_ARGS ?=
+
+##@ Getting started
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"} /^##@/ {printf "\n\033[1m%s\033[0m\n", substr($$0, 5)} \
+	  /^[a-zA-Z0-9_-]+:.*##/ {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: setup
+setup: $(VENV_STAMP) ## Create the virtualenv and install the pinned dependencies (cached)
+
+$(VENV_STAMP): $(LOCK)
+	@echo "==> virtualenv $(VENV) (lock $(LOCK_HASH))"
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	@$(VENV)/bin/uv pip sync --python $(PY) $(LOCK)
+	@rm -f $(VENV)/.flipserve-* && touch $@
+
+.PHONY: lock
+lock: ## Re-resolve requirements/*.in into the lock files
+	@test -x $(VENV)/bin/uv || { python3 -m venv $(VENV) && $(PY) -m pip install -q uv==$(UV_VERSION); }
+	$(VENV)/bin/uv pip compile -q --python-version 3.11 requirements/main.in -o requirements/lock.txt
+	$(VENV)/bin/uv pip compile -q --python-version 3.11 requirements/main.in requirements/dev.in -o $(LOCK)
+
+.PHONY: tools
+tools: ## Build (or reuse) the local control plane's binaries from Go modules
+	@hack/controlplane/build.sh >/dev/null
+
+##@ Main job
+
+.PHONY: demo
+demo: setup ## Run the whole blue/green flow on this machine, no cluster needed
+	$(FLIPSERVE) demo
+
+##@ Quality
+
+.PHONY: lint
+lint: setup ## ruff, ruff format --check, mypy --strict, import layers
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy src
+	$(VENV)/bin/lint-imports
+
+.PHONY: fmt
+fmt: setup ## Format and auto-fix
+	$(VENV)/bin/ruff format src tests bench
+	$(VENV)/bin/ruff check --fix src tests bench
+
+.PHONY: test-unit
+test-unit: setup ## Unit tests only (no I/O)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+.PHONY: test
+test: setup tools lint ## Everything CI runs: lint, type check, unit and integration tests
+	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS)

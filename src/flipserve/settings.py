@@ -1,0 +1,93 @@
+"""The one place flipserve reads its configuration from the environment.
+
+Every setting is a field of :class:`Settings`, read from ``FLIPSERVE_*``
+environment variables (or a ``.env`` file). Nothing else in the package reads
+``os.environ``: constructors take a ``Settings`` (or the values they need) as
+arguments, so tests build their own instead of patching the environment.
+The Helm chart puts ``values.yaml`` into these variables.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "flipserve"
+
+
+class Settings(BaseSettings):
+    """flipserve's settings; each field is ``FLIPSERVE_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FLIPSERVE_", env_file=".env", extra="ignore", protected_namespaces=()
+    )
+
+    # --- general -----------------------------------------------------------
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+    """Where downloaded data, built tools and scratch artifacts are cached."""
+    log_level: str = "INFO"
+
+    # --- artifact store (store.py) -----------------------------------------
+    store_uri: str = "file://./.flipserve-store"
+    """Root of the artifact store: ``s3://bucket/prefix`` or ``file:///path``."""
+    s3_endpoint_url: str | None = None
+    """S3 API endpoint (MinIO, moto); None means AWS's own."""
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_connect_timeout: float = 5.0
+    s3_max_attempts: int = 3
+    transfer_concurrency: int = 8
+    """Parallel file transfers for publish and fetch."""
+    multipart_threshold_mb: int = 64
+    show_progress: bool = True
+
+    # --- training (train.py) -----------------------------------------------
+    seed: int = 13
+
+    # --- server (server/) --------------------------------------------------
+    model_dir: Path = Path("/mnt/models")
+    """Mounted volume holding ``READY`` and the artifact under ``model/``."""
+    model_name: str = "flipserve"
+    colour: Literal["blue", "green", "local"] = "local"
+    host: str = "0.0.0.0"  # noqa: S104 - a pod must listen on its own IP
+    http_port: int = 8080
+    max_batch_size: int = 16
+    max_batch_wait_ms: float = 5.0
+    max_items_per_request: int = 64
+    max_body_bytes: int = 1_000_000
+    torch_threads: int = 0
+    """Torch intra-op threads; 0 picks the container's CPU limit."""
+    api_token: SecretStr | None = None
+    """Bearer token for ``POST /feedback`` and the traffic sample."""
+    feedback_prefix: str = "feedback"
+
+    # --- drift (drift.py) --------------------------------------------------
+    drift_backend: Literal["alibi-mmd", "alibi-ks", "frouros-mmd", "ks"] = "ks"
+    """``ks`` is the project's own (scipy, BSD); ``alibi-*`` are Business Source Licensed."""
+    drift_p_value: float = 0.05
+    drift_window: int = 256
+    drift_min_samples: int = 64
+    drift_interval_s: float = 10.0
+
+    # --- promotion (promotion/, copier.py, controller.py) ------------------
+    release: str = "flipserve"
+    namespace: str = "default"
+    score_metric: str = "macro_f1"
+    score_margin: float = 0.0
+    """A candidate must beat production's score by more than this."""
+    observe_seconds: float = 30.0
+    max_error_rate: float = 0.01
+    max_p99_latency_ms: float = 1000.0
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
