@@ -93,3 +93,7 @@ cluster-local-env: ## Print the `export` lines for the running local control pla
 .PHONY: cluster-local-down
 cluster-local-down: ## Stop the local control plane and remove its files
 	@$(PY) -m tests.controlplane down --state-dir $(CLUSTER_STATE)
+
+.PHONY: bench-controlplane
+bench-controlplane: setup tools ## Measure the local control plane's warm start (bench/results/controlplane.json)
+	$(PY) -m bench.controlplane --runs 5
