@@ -43,6 +43,10 @@ class ControlPlaneError(RuntimeError):
     """The control plane could not be built, started or reached; the message says why."""
 
 
+class PortTaken(ControlPlaneError):
+    """A component found its free port taken by someone else before it could bind it."""
+
+
 class CommandFailed(RuntimeError):
     """kubectl or helm exited non-zero; carries the command's output."""
 
@@ -175,7 +179,17 @@ class ControlPlane:
 
     # lifecycle ---------------------------------------------------------------------------
 
-    def start(self, timeout: float = 90) -> ControlPlane:
+    def start(self, timeout: float = 90, attempts: int = 3) -> ControlPlane:
+        """Start everything; a port taken between picking and binding it means a retry."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._start_once(timeout)
+            except PortTaken:
+                if attempt == attempts:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> ControlPlane:
         began = time.monotonic()
         deadline = began + timeout
 
@@ -296,11 +310,14 @@ class ControlPlane:
         return component
 
     def check_alive(self) -> None:
+        """Raise, with the last lines of its log, if any component has exited."""
         for component in self.components:
             if component.process.poll() is not None:
-                raise ControlPlaneError(
+                tail = component.tail()
+                error = PortTaken if "address already in use" in tail else ControlPlaneError
+                raise error(
                     f"{component.name} exited with {component.process.returncode}; "
-                    f"last lines of {component.log}:\n{component.tail()}"
+                    f"last lines of {component.log}:\n{tail}"
                 )
 
     def _wait(self, what: str, ready: Any, deadline: float) -> None:

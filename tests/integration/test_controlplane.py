@@ -7,8 +7,10 @@ would fail against a mock API or a cluster missing a controller.
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import stat
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.controlplane import CommandFailed, ControlPlane, ControlPlaneError
+from tests.controlplane import CommandFailed, ControlPlane, ControlPlaneError, free_port
+from tests.controlplane import cluster as cluster_module
 
 pytestmark = [pytest.mark.integration, pytest.mark.controlplane]
 
@@ -238,8 +241,6 @@ def test_helm_test_fails_when_the_hook_pod_fails(
 
 
 def test_kubectl_and_helm_from_env_reach_the_cluster(control_plane: ControlPlane) -> None:
-    import subprocess
-
     env = control_plane.env
     version = subprocess.run(
         ["kubectl", "version", "-o", "json"], env=env, capture_output=True, text=True, check=True
@@ -279,3 +280,18 @@ def test_start_fails_with_the_reason_and_leaves_nothing_behind(tmp_path: Path) -
 
     assert not cluster.root.exists()
     assert cluster.components == []
+
+
+def test_start_retries_when_a_picked_port_is_taken_before_binding(
+    control_plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    picks = iter([taken])
+    monkeypatch.setattr(cluster_module, "free_port", lambda: next(picks, free_port()))
+
+    with squatter, ControlPlane(control_plane.bin_dir, nodes=1) as cluster:
+        assert f":{taken}" not in cluster.etcd_url
+        assert cluster.kubectl("get", "nodes").returncode == 0
