@@ -292,6 +292,27 @@ class ControlPlane:
             time.sleep(0.2)
         return name
 
+    def kubeconfig_for(self, namespace: str, service_account: str, duration: str = "2h") -> Path:
+        """A kubeconfig that authenticates as a ServiceAccount (a bound token), for RBAC tests.
+
+        The ServiceAccount must exist; its token comes from the TokenRequest API.
+        """
+        token = self.kubectl(
+            "create", "token", service_account, "-n", namespace, f"--duration={duration}"
+        ).stdout.strip()
+        user = f"system:serviceaccount:{namespace}:{service_account}"
+        config = kubeconfig(self.server, self.pki, "admin")
+        config["users"] = [{"name": user, "user": {"token": token}}]
+        config["contexts"][0]["context"] = {
+            "cluster": "flipserve-local",
+            "user": user,
+            "namespace": namespace,
+        }
+        path = self.root / "kubeconfigs" / f"{namespace}.{service_account}.kubeconfig"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(config, indent=2))
+        return path
+
     # steps of start() ---------------------------------------------------------------------
 
     def _spawn(self, name: str, *args: str) -> Component:
@@ -396,8 +417,6 @@ class ControlPlane:
             f"--root-ca-file={pki / 'ca.crt'}",
             f"--service-account-private-key-file={pki / 'sa.key'}",
             f"--controllers={CONTROLLERS}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--concurrent-gc-syncs=5",
         )
         self._spawn(
             "kube-scheduler",
@@ -410,7 +429,7 @@ class ControlPlane:
             f"--kubeconfig={self.kubeconfig}",
             f"--config={KWOK_STAGES}",
             "--manage-all-nodes=true",
-            "--cidr=10.244.0.1/16",
+            "--cidr=10.244.0.1/16",  # KWOK's default /24 runs out of pod IPs at 254
         )
 
     def _seed(self, api: Api) -> None:

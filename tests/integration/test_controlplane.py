@@ -295,3 +295,33 @@ def test_start_retries_when_a_picked_port_is_taken_before_binding(
     with squatter, ControlPlane(control_plane.bin_dir, nodes=1) as cluster:
         assert f":{taken}" not in cluster.etcd_url
         assert cluster.kubectl("get", "nodes").returncode == 0
+
+
+def test_kubeconfig_for_a_service_account_is_held_to_its_rbac(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    cp = control_plane
+    cp.kubectl("create", "serviceaccount", "controller", "-n", namespace)
+    as_controller = str(cp.kubeconfig_for(namespace, "controller"))
+
+    denied = cp.kubectl("--kubeconfig", as_controller, "get", "deployments", check=False)
+    assert denied.returncode != 0
+    assert "forbidden" in denied.stderr
+
+    cp.kubectl(
+        "create",
+        "rolebinding",
+        "controller-edit",
+        "--clusterrole=edit",
+        f"--serviceaccount={namespace}:controller",
+        "-n",
+        namespace,
+    )
+    deadline = time.monotonic() + 10
+    while (
+        allowed := cp.kubectl("--kubeconfig", as_controller, "get", "deployments", check=False)
+    ).returncode != 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert allowed.returncode == 0, allowed.stderr
+    other = cp.kubectl("--kubeconfig", as_controller, "get", "pods", "-n", "default", check=False)
+    assert "forbidden" in other.stderr  # the binding is namespaced
