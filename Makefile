@@ -80,7 +80,8 @@ test: setup tools lint ## Everything CI runs: lint, type check, unit and integra
 
 ##@ Local control plane
 
-CLUSTER_STATE := $(CACHE)/controlplane/local
+# one cluster per checkout, so two clones (or two people on one machine) never share one
+CLUSTER_STATE := $(CACHE)/controlplane/local/$(shell printf %s "$(CURDIR)" | sha256sum | cut -c1-12)
 
 .PHONY: cluster-local
 cluster-local: setup tools ## Start etcd, kube-apiserver, controllers, scheduler, KWOK on 127.0.0.1 in the background; prints `export KUBECONFIG=...`

@@ -430,6 +430,10 @@ class ControlPlane:
             f"--config={KWOK_STAGES}",
             "--manage-all-nodes=true",
             "--cidr=10.244.0.1/16",  # KWOK's default /24 runs out of pod IPs at 254
+            # Heartbeat through node Leases: without them KWOK renews node status about
+            # every 55 s, past the node lifecycle controller's 50 s grace, so nodes flap
+            # NotReady and their pods lose Ready for good.
+            "--node-lease-duration-seconds=40",
         )
 
     def _seed(self, api: Api) -> None:

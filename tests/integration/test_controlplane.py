@@ -6,6 +6,7 @@ would fail against a mock API or a cluster missing a controller.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import socket
 import ssl
@@ -325,3 +326,20 @@ def test_kubeconfig_for_a_service_account_is_held_to_its_rbac(
     assert allowed.returncode == 0, allowed.stderr
     other = cp.kubectl("--kubeconfig", as_controller, "get", "pods", "-n", "default", check=False)
     assert "forbidden" in other.stderr  # the binding is namespaced
+
+
+def test_every_node_heartbeats_through_a_lease(control_plane: ControlPlane) -> None:
+    # Without leases KWOK's status heartbeat is slower than the node lifecycle
+    # controller's grace period: nodes would flap NotReady mid-session.
+    leases = json.loads(
+        control_plane.kubectl("get", "leases", "-n", "kube-node-lease", "-o", "json").stdout
+    )["items"]
+    nodes = json.loads(control_plane.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+
+    assert {lease["metadata"]["name"] for lease in leases} == {
+        node["metadata"]["name"] for node in nodes
+    }
+    now = dt.datetime.now(dt.UTC)
+    for lease in leases:
+        renewed = dt.datetime.fromisoformat(lease["spec"]["renewTime"].replace("Z", "+00:00"))
+        assert (now - renewed).total_seconds() < lease["spec"]["leaseDurationSeconds"]
