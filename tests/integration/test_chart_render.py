@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from flipserve.settings import Settings
 from tests.integration.chart_support import (
     CHART,
     CI_VALUES,
@@ -26,6 +24,8 @@ from tests.integration.chart_support import (
     pod_spec,
     render,
 )
+
+from flipserve.settings import Settings
 
 pytestmark = pytest.mark.integration
 
