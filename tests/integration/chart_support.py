@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from tests.controlplane import build_binaries
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "flipserve"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
@@ -26,13 +28,7 @@ Obj = dict[str, Any]
 @functools.cache
 def helm_bin() -> Path:
     """The helm binary built by hack/controlplane/build.sh (a no-op when cached)."""
-    out = subprocess.run(
-        [str(ROOT / "hack" / "controlplane" / "build.sh")],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return Path(out.stdout.strip()) / "helm"
+    return build_binaries() / "helm"
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

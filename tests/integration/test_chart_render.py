@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from flipserve.settings import Settings
 from tests.integration.chart_support import (
     CHART,
     CI_VALUES,
@@ -24,8 +26,6 @@ from tests.integration.chart_support import (
     pod_spec,
     render,
 )
-
-from flipserve.settings import Settings
 
 pytestmark = pytest.mark.integration
 
