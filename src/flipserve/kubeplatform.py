@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from string import Template
+from typing import Literal
 
 import yaml
 
@@ -36,7 +37,7 @@ MODEL_DIGEST = ANN + "model-digest"
 PREVIOUS_VERSION = ANN + "previous-version"
 PREVIOUS_DIGEST = ANN + "previous-digest"
 LOCK = ANN + "promotion"
-PROMOTION_LABEL = ANN + "promotion"
+COLOUR_LABEL = ANN + "colour"
 STRATEGIC = "application/strategic-merge-patch+json"
 JOB_TEMPLATE_KEY = "job.yaml"
 
@@ -155,8 +156,7 @@ class KubePlatform:
         template = (cm.get("data") or {}).get(JOB_TEMPLATE_KEY)
         if not template:
             raise PromotionError(f"ConfigMap {self.fullname}-copy-job-template has no job.yaml")
-        job = render_copy_job(yaml.safe_load(template), name, self.claim(colour), colour, ref)
-        job["metadata"].setdefault("labels", {})[PROMOTION_LABEL] = promotion
+        job = render_copy_job(template, name, promotion, colour, self.claim(colour), ref)
         try:
             self.kube.create(self.kube.path("jobs"), job)
         except KubeError as e:
@@ -180,7 +180,7 @@ class KubePlatform:
         dep = self.kube.get(self.kube.path("deployments", self.preview_name))
         if model_claim(dep, self.fullname) == self.claim(colour) and dep["spec"]["replicas"] == 1:
             return
-        patch = _claim_patch(dep, self.fullname, self.claim(colour))
+        patch = _claim_patch(dep, self.fullname, self.claim(colour), colour)
         patch.append({"op": "replace", "path": "/spec/replicas", "value": 1})
         self.kube.patch(self.kube.path("deployments", self.preview_name), patch, JSON_PATCH)
 
@@ -210,7 +210,7 @@ class KubePlatform:
         ann = {ACTIVE_COLOUR: colour, MODEL_VERSION: version, MODEL_DIGEST: digest}
         if state.active_colour != colour:
             ann |= {PREVIOUS_VERSION: state.version or "", PREVIOUS_DIGEST: state.digest or ""}
-        patch = _claim_patch(dep, self.fullname, target)
+        patch = _claim_patch(dep, self.fullname, target, colour)
         patch.append({"op": "test", "path": "/metadata/resourceVersion",
                       "value": dep["metadata"]["resourceVersion"]})  # fmt: skip
         patch += [
@@ -260,8 +260,9 @@ def _volumes(obj: Obj) -> list[Obj]:
     return volumes
 
 
-def _claim_patch(dep: Obj, fullname: str, claim: str) -> list[Obj]:
-    """JSON patch ops replacing the model claim (with a test op on the old one)."""
+def _claim_patch(dep: Obj, fullname: str, claim: str, colour: str) -> list[Obj]:
+    """JSON patch ops replacing the model claim (tested first) and the pods' colour label."""
+    label = "/spec/template/metadata/labels/" + _escape(COLOUR_LABEL)
     for i, volume in enumerate(_volumes(dep)):
         old = (volume.get("persistentVolumeClaim") or {}).get("claimName", "")
         if old.startswith(f"{fullname}-model-"):
@@ -269,6 +270,7 @@ def _claim_patch(dep: Obj, fullname: str, claim: str) -> list[Obj]:
             return [
                 {"op": "test", "path": path, "value": old},
                 {"op": "replace", "path": path, "value": claim},
+                {"op": "add", "path": label, "value": colour},
             ]
     raise PromotionError(f"{dep['metadata']['name']}: no {fullname}-model-* volume to switch")
 
@@ -302,23 +304,21 @@ def job_state(job: Obj) -> tuple[JobState, str]:
     return "running", "copy Job running"
 
 
-def render_copy_job(template: Any, name: str, claim: str, colour: str, ref: ModelRef) -> Obj:
-    """The chart's Job template aimed at ``claim``, told what to copy through env vars.
-
-    Every container gets ``MODEL_REF`` (the ref as JSON) and ``TARGET_COLOUR``; the
-    chart's template turns them into the copier's arguments with ``$(VAR)``.
-    """
-    if not isinstance(template, dict) or template.get("kind") != "Job":
-        raise PromotionError("copy Job template is not a Job manifest")
-    job: Obj = json.loads(json.dumps(template))  # deep copy, plain types only
-    job["metadata"] = {**(job.get("metadata") or {}), "name": name}
-    job["metadata"].pop("generateName", None)
-    pod = job["spec"]["template"]["spec"]
-    for volume in pod.get("volumes") or []:
-        if "persistentVolumeClaim" in volume:
-            volume["persistentVolumeClaim"]["claimName"] = claim
-    env = [{"name": "MODEL_REF", "value": ref.to_json()}, {"name": "TARGET_COLOUR", "value": colour}]
-    for container in pod.get("containers") or []:
-        kept = [e for e in container.get("env") or [] if e["name"] not in ("MODEL_REF", "TARGET_COLOUR")]
-        container["env"] = kept + env
+def render_copy_job(template: str, name: str, promotion: str, colour: str, claim: str, ref: ModelRef) -> Obj:
+    """The chart's Job template (``${...}`` placeholders, see the ConfigMap) filled in."""
+    values = {
+        "JOB_NAME": name,
+        "PROMOTION": promotion,
+        "COLOUR": colour,
+        "CLAIM_NAME": claim,
+        "MODEL_REF": ref.uri,
+        "MODEL_VERSION": ref.version,
+        "MODEL_DIGEST": ref.digest,
+    }
+    for key, value in values.items():
+        if any(c in value for c in '"\\\n'):  # the template quotes each placeholder once
+            raise PromotionError(f"copy Job {key} contains a quote, backslash or newline")
+    job = yaml.safe_load(Template(template).safe_substitute(values))
+    if not isinstance(job, dict) or job.get("kind") != "Job":
+        raise PromotionError("the copy Job template is not a Job manifest")
     return job

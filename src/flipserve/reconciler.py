@@ -14,7 +14,7 @@ Phases (Argo Rollouts' blue/green sequence, with gates before the switch)::
                   ↘          ↘          ↘  Failed  (the active colour never moved)
                                         Switching/Observing ↘ RolledBack
 
-A rollback request (``spec.action: rollback``) goes Pending → Switching (to
+A rollback request (``spec.rollback: true``) goes Pending → Switching (to
 the previous colour, whose volume still holds the previous model) → RolledBack.
 
 Errors: :class:`~flipserve.errors.TemporaryError` and API failures that may
@@ -58,14 +58,19 @@ class _Camel(BaseModel):
 class ModelSpec(_Camel):
     name: str = "model"
     uri: str
-    version: str
-    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    version: str = ""
+    digest: str = Field(pattern=r"^(sha256:)?[0-9a-f]{64}$")
 
 
 class PromotionSpec(_Camel):
+    """``spec`` of a Promotion (charts/flipserve/crds/promotions.flipserve.dev.yaml)."""
+
+    model_ref: ModelSpec | None = None
     release: str | None = None
-    action: Literal["promote", "rollback"] = "promote"
-    model: ModelSpec | None = None
+    score_margin: float | None = None
+    skip_drift_gate: bool = False
+    rollback: bool = False
+    reason: str = ""
 
 
 class Transition(_Camel):
@@ -75,21 +80,34 @@ class Transition(_Camel):
 
 
 class PromotionStatus(_Camel):
+    """``status`` of a Promotion; the CRD names the printed fields, the rest is preserved."""
+
     phase: Phase = Phase.PENDING
+    reason: str = ""
     message: str = ""
     from_colour: Colour | None = None
     to_colour: Colour | None = None
-    from_version: str | None = None
-    from_digest: str | None = None
+    model_version: str | None = None
+    model_digest: str | None = None
+    previous_model_version: str | None = None
+    previous_model_digest: str | None = None
+    score: float | None = None
+    production_score: float | None = None
+    score_metric: str | None = None
+    drift_p_value: float | None = None
     copy_job: str | None = None
     gates: dict[str, dict[str, Any]] = Field(default_factory=dict)
     rollback_reason: str | None = None
     outcome: Phase | None = None
     started_at: datetime | None = None
-    phase_since: datetime | None = None
     switched_at: datetime | None = None
     finished_at: datetime | None = None
+    phase_timestamps: dict[str, datetime] = Field(default_factory=dict)
     history: list[Transition] = Field(default_factory=list)
+
+    @property
+    def phase_since(self) -> datetime | None:
+        return self.phase_timestamps.get(self.phase.value)
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -106,7 +124,7 @@ class Gates(Protocol):
     """What the controller asks the model servers; URLs come from :class:`Urls`."""
 
     def verify(self, preview_url: str, ref: ModelRef) -> GateResult: ...
-    def score(self, preview_url: str, ref: ModelRef) -> GateResult: ...
+    def score(self, preview_url: str, ref: ModelRef, margin: float | None) -> GateResult: ...
     def drift(self, api_url: str, preview_url: str, ref: ModelRef) -> GateResult: ...
     def observe(self, api_url: str, since: datetime) -> GateResult: ...
 
@@ -140,7 +158,9 @@ class Context:
 def step(spec: PromotionSpec, status: PromotionStatus, ctx: Context) -> PromotionStatus:
     """Advance the promotion by at most one phase; returns the new status."""
     s = status.model_copy(deep=True)
-    s.started_at = s.started_at or ctx.now
+    if s.started_at is None:
+        s.started_at = ctx.now
+        s.phase_timestamps[s.phase.value] = ctx.now
     if s.phase in TERMINAL:
         return s
     try:
@@ -152,32 +172,32 @@ def step(spec: PromotionSpec, status: PromotionStatus, ctx: Context) -> Promotio
     except KubeError as e:
         if e.status in (0, 409, 429) or e.status >= 500:
             raise TemporaryError(str(e), delay=2.0) from e
-        return _give_up(s, f"Kubernetes API: {e}", ctx)
+        return _give_up(s, f"Kubernetes API: {e}")
     except FlipserveError as e:
-        return _give_up(s, str(e), ctx)
+        return _give_up(s, str(e))
 
 
-def _give_up(s: PromotionStatus, reason: str, ctx: Context) -> PromotionStatus:
+def _give_up(s: PromotionStatus, reason: str) -> PromotionStatus:
     if s.phase in (Phase.SWITCHING, Phase.OBSERVING):
         s.rollback_reason = s.rollback_reason or reason
-        s.message = f"rolling back: {reason}"
-        return s
+        return _say(s, f"rolling back: {reason}")
     return _end(s, Phase.FAILED, reason)
 
 
 def _pending(spec: PromotionSpec, s: PromotionStatus, ctx: Context) -> PromotionStatus:
     holder = ctx.platform.acquire(ctx.name)
     if holder is not None:
-        s.message = f"waiting: promotion {holder} is in progress for this release"
-        return s
+        return _say(s, f"waiting: promotion {holder} is in progress for this release")
     state = ctx.platform.state()
     s.from_colour, s.to_colour = state.active_colour, other(state.active_colour)
-    s.from_version, s.from_digest = state.version, state.digest
-    if spec.action == "rollback":
+    s.previous_model_version, s.previous_model_digest = state.version, state.digest
+    if spec.rollback:
         if not state.previous_digest:
             return _end(s, Phase.FAILED, "nothing to roll back to: no previous model recorded")
+        s.model_version, s.model_digest = state.previous_version, state.previous_digest
         return _advance(s, Phase.SWITCHING, f"rolling back to {s.to_colour}", ctx)
     ref = _ref(spec)
+    s.model_version, s.model_digest = ref.version, ref.digest
     if state.digest == ref.digest:
         return _end(s, Phase.FAILED, f"{ref.version} is already active on {state.active_colour}")
     return _advance(s, Phase.COPYING, f"copying {ref.version} to {s.to_colour}", ctx)
@@ -191,8 +211,7 @@ def _copying(spec: PromotionSpec, s: PromotionStatus, ctx: Context) -> Promotion
         return _end(s, Phase.FAILED, message)
     if state == "running":
         _check_timeout(s, ctx, ctx.limits.copy_timeout_s, "copy")
-        s.message = message
-        return s
+        return _say(s, message)
     return _advance(s, Phase.VERIFYING, "copied; starting the preview", ctx)
 
 
@@ -201,8 +220,7 @@ def _verifying(spec: PromotionSpec, s: PromotionStatus, ctx: Context) -> Promoti
     ctx.platform.start_preview(s.to_colour)
     if not ctx.platform.preview_ready(s.to_colour):
         _check_timeout(s, ctx, ctx.limits.preview_timeout_s, "preview rollout")
-        s.message = f"waiting for the preview on {s.to_colour}"
-        return s
+        return _say(s, f"waiting for the preview on {s.to_colour}")
     result = ctx.gates.verify(ctx.urls.preview, _ref(spec))
     s.gates["verify"] = _record(result, ctx)
     if not result.passed:
@@ -212,15 +230,17 @@ def _verifying(spec: PromotionSpec, s: PromotionStatus, ctx: Context) -> Promoti
 
 def _gating(spec: PromotionSpec, s: PromotionStatus, ctx: Context) -> PromotionStatus:
     ref = _ref(spec)
-    for gate in ("score", "drift"):
+    gates = ["score"] if spec.skip_drift_gate else ["score", "drift"]
+    for gate in gates:
         if gate in s.gates:  # evaluated before a restart; gates are not repeated
             result = GateResult(bool(s.gates[gate]["passed"]), str(s.gates[gate]["reason"]))
-        elif gate == "score":
-            result = ctx.gates.score(ctx.urls.preview, ref)
-            s.gates[gate] = _record(result, ctx)
         else:
-            result = ctx.gates.drift(ctx.urls.api, ctx.urls.preview, ref)
+            if gate == "score":
+                result = ctx.gates.score(ctx.urls.preview, ref, spec.score_margin)
+            else:
+                result = ctx.gates.drift(ctx.urls.api, ctx.urls.preview, ref)
             s.gates[gate] = _record(result, ctx)
+            _copy_numbers(s, result)
         if not result.passed:
             return _end(s, Phase.FAILED, f"{gate} gate failed: {result.reason}")
     return _advance(s, Phase.SWITCHING, f"gates passed; switching to {s.to_colour}", ctx)
@@ -231,23 +251,14 @@ def _switching(spec: PromotionSpec, s: PromotionStatus, ctx: Context) -> Promoti
     if s.rollback_reason:
         return _switch_back(s, ctx)
     ctx.platform.stop_preview()
-    if spec.action == "rollback":
-        state = ctx.platform.state()
-        version, digest = state.previous_version or "", state.previous_digest or ""
-        if state.active_colour == s.to_colour:  # flipped before a restart
-            version, digest = state.version or "", state.digest or ""
-        reason = f"rollback requested by Promotion {ctx.name}"
-    else:
-        ref = _ref(spec)
-        version, digest, reason = ref.version, ref.digest, f"Promotion {ctx.name}"
-    if ctx.platform.switch(s.to_colour, version, digest, reason):
-        s.switched_at = ctx.now
-    s.switched_at = s.switched_at or ctx.now
+    why = f"rollback requested by Promotion {ctx.name}" if spec.rollback else f"Promotion {ctx.name}"
+    version, digest = s.model_version or "", s.model_digest or ""
+    if ctx.platform.switch(s.to_colour, version, digest, why) or s.switched_at is None:
+        s.switched_at = ctx.now  # also when a restart finds the patch already made
     if not ctx.platform.api_rollout_complete():
         _check_timeout(s, ctx, ctx.limits.rollout_timeout_s, "API rollout")
-        s.message = f"waiting for the API rollout to {s.to_colour}"
-        return s
-    if spec.action == "rollback":
+        return _say(s, f"waiting for the API rollout to {s.to_colour}")
+    if spec.rollback:
         return _end(s, Phase.ROLLED_BACK, f"rolled back to {s.to_colour} ({version})")
     return _advance(s, Phase.OBSERVING, f"serving from {s.to_colour}; observing", ctx)
 
@@ -262,26 +273,25 @@ def _observing(spec: PromotionSpec, s: PromotionStatus, ctx: Context) -> Promoti
         s.rollback_reason = f"observe gate failed: {result.reason}"
         return _switch_back(s, ctx)
     if (ctx.now - since).total_seconds() < ctx.limits.observe_seconds:
-        s.message = f"observing {s.to_colour}: {result.reason}"
-        return s
-    return _end(s, Phase.PROMOTED, f"{_ref(spec).version} serves from {s.to_colour}")
+        return _say(s, f"observing {s.to_colour}: {result.reason}")
+    return _end(s, Phase.PROMOTED, f"{s.model_version} serves from {s.to_colour}")
 
 
 def _switch_back(s: PromotionStatus, ctx: Context) -> PromotionStatus:
     assert s.from_colour is not None
     reason = s.rollback_reason or "rollback"
-    ctx.platform.switch(s.from_colour, s.from_version or "", s.from_digest or "", reason)
+    version, digest = s.previous_model_version or "", s.previous_model_digest or ""
+    ctx.platform.switch(s.from_colour, version, digest, reason)
     if not ctx.platform.api_rollout_complete():
-        s.message = f"rolling back to {s.from_colour}: {reason}"
-        return s
+        return _say(s, f"rolling back to {s.from_colour}: {reason}")
     # Never switched (the failure came first): users saw no change, so it is a plain failure.
     return _end(s, Phase.ROLLED_BACK if s.switched_at else Phase.FAILED, reason)
 
 
 def _end(s: PromotionStatus, outcome: Phase, message: str) -> PromotionStatus:
     """Record the verdict; the next step cleans up and makes it the phase."""
-    s.outcome, s.message = outcome, message
-    return s
+    s.outcome = outcome
+    return _say(s, message)
 
 
 def _finish(s: PromotionStatus, ctx: Context) -> PromotionStatus:
@@ -293,8 +303,14 @@ def _finish(s: PromotionStatus, ctx: Context) -> PromotionStatus:
 
 
 def _advance(s: PromotionStatus, phase: Phase, message: str, ctx: Context) -> PromotionStatus:
-    s.phase, s.message, s.phase_since = phase, message, ctx.now
+    s.phase = phase
+    s.phase_timestamps[phase.value] = ctx.now
     s.history.append(Transition(phase=phase, at=ctx.now, message=message))
+    return _say(s, message)
+
+
+def _say(s: PromotionStatus, message: str) -> PromotionStatus:
+    s.reason = s.message = message
     return s
 
 
@@ -310,11 +326,20 @@ def _record(result: GateResult, ctx: Context) -> dict[str, Any]:
     }
 
 
+def _copy_numbers(s: PromotionStatus, result: GateResult) -> None:
+    """Lift the numbers ``kubectl get promotions`` prints into their status fields."""
+    d = result.details
+    s.score = d.get("score", s.score)
+    s.production_score = d.get("production_score", s.production_score)
+    s.score_metric = d.get("metric", s.score_metric)
+    s.drift_p_value = d.get("p_value", s.drift_p_value)
+
+
 def _ref(spec: PromotionSpec) -> ModelRef:
-    if spec.model is None:
-        raise PromotionError("spec.model is required to promote")
-    m = spec.model
-    return ModelRef(uri=m.uri, version=m.version, digest=m.digest, name=m.name)
+    if spec.model_ref is None:
+        raise PromotionError("spec.modelRef is required to promote")
+    m = spec.model_ref
+    return ModelRef(uri=m.uri, version=m.version, digest=m.digest.removeprefix("sha256:"), name=m.name)
 
 
 _HANDLERS = {
