@@ -8,10 +8,15 @@ crash. Field names are the contract with the CRD; change them together.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from enum import StrEnum
+from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
+
+from flipserve.errors import RefError
 
 
 class Phase(StrEnum):
@@ -58,6 +63,31 @@ class ModelTarget(BaseModel):
     digest: str = Field(pattern=r"^[0-9a-f]{64}$")
     scores: dict[str, float] = Field(default_factory=dict)
     """Scores recorded at training time (informational; the gate measures its own)."""
+
+    @classmethod
+    def from_ref(cls, data: dict[str, Any]) -> ModelTarget:
+        """From a model ref's JSON (``model_refs/model.json``, see refs.py)."""
+        try:
+            return cls(
+                name=data.get("name", "flipserve"),
+                version=str(data["version"]),
+                uri=data.get("uri") or data["artifact_uri"],
+                digest=data.get("digest") or data.get("sha256") or data["manifest_sha256"],
+                scores=data.get("metrics") or data.get("scores") or {},
+            )
+        except (KeyError, ValidationError) as e:
+            raise RefError(f"not a model ref: {e}") from e
+
+    @classmethod
+    def from_ref_file(cls, path: Path) -> ModelTarget:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise RefError(f"{path}: cannot read the model ref: {e}") from e
+        try:
+            return cls.from_ref(data)
+        except RefError as e:
+            raise RefError(f"{path}: {e}") from e
 
 
 class PromotionSpec(BaseModel):
