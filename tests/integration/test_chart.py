@@ -13,11 +13,11 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
+from flipserve.kubeplatform import ModelRef, render_copy_job
 from tests.controlplane import CommandFailed, ControlPlane
 from tests.integration.chart_support import CHART, CI_VALUES, Obj
 
@@ -295,23 +295,6 @@ def test_controller_may_do_exactly_the_promotion_steps_and_nothing_cluster_wide(
     cp.kubectl("delete", "namespace", other, "--wait=false", check=False)
 
 
-def render_copy_job(template: str, name: str, colour: str, ref: dict[str, Any]) -> Obj:
-    """What the controller does with the template (kubeplatform.render_copy_job)."""
-    job: Obj = yaml.safe_load(template)
-    job["metadata"]["name"] = name
-    job["metadata"]["labels"]["flipserve.dev/promotion"] = name
-    pod = job["spec"]["template"]["spec"]
-    for volume in pod["volumes"]:
-        if "persistentVolumeClaim" in volume:
-            volume["persistentVolumeClaim"]["claimName"] = f"{RELEASE}-model-{colour}"
-    for container in pod["containers"]:
-        container["env"] += [
-            {"name": "MODEL_REF", "value": json.dumps(ref)},
-            {"name": "TARGET_COLOUR", "value": colour},
-        ]
-    return job
-
-
 def test_controller_account_can_run_the_copy_job_template_on_the_idle_volume(
     control_plane: ControlPlane, namespace: str
 ) -> None:
@@ -323,8 +306,10 @@ def test_controller_account_can_run_the_copy_job_template_on_the_idle_volume(
             "get", "configmap", "flipserve-copy-job-template", "-n", ns, "-o", "json", as_sa
         ).stdout
     )  # the controller may read its template...
-    ref = {"uri": "s3://flipserve/artifacts/m/v2", "version": "v2", "digest": "ab" * 32}
-    job = render_copy_job(cm["data"]["job.yaml"], "flipserve-copy-p1", "green", ref)
+    ref = ModelRef(uri="s3://flipserve/artifacts/m/v2", version="v2", digest="ab" * 32, name="m")
+    job = render_copy_job(
+        cm["data"]["job.yaml"], "flipserve-copy-p1", "p1", "green", "flipserve-model-green", ref
+    )
     cp.kubectl("create", "-n", ns, "-f", "-", as_sa, input=json.dumps(job))  # ...and run it
 
     def complete() -> bool:
@@ -337,7 +322,10 @@ def test_controller_account_can_run_the_copy_job_template_on_the_idle_volume(
     )["items"]
     assert [claim(p) for p in pods] == ["flipserve-model-green"]
     (container,) = pods[0]["spec"]["containers"]
-    assert container["args"][:3] == ["copy", "--ref", "$(MODEL_REF)"]
+    assert container["args"] == [
+        "copy", "--ref", ref.uri, "--volume", "/mnt/target", "--colour", "green"
+    ]  # fmt: skip
+    assert pods[0]["metadata"]["labels"]["flipserve.dev/promotion"] == "p1"
     cp.kubectl("delete", "job", "flipserve-copy-p1", "-n", ns, as_sa)
 
 

@@ -7,6 +7,7 @@ error messages.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -146,10 +147,11 @@ def test_copy_job_template_is_a_job_aimed_by_the_controller(default: list[Obj]) 
     assert job["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "flipserve-controller"
     spec = pod_spec(job)
     claims = [v for v in spec["volumes"] if "persistentVolumeClaim" in v]
-    assert [v["name"] for v in claims] == ["target"], "the controller re-aims the one PVC volume"
+    assert claims == [{"name": "target", "persistentVolumeClaim": {"claimName": "${CLAIM_NAME}"}}]
+    assert job["metadata"]["name"] == "${JOB_NAME}"
     (copy,) = spec["containers"]
     assert copy["args"] == [
-        "copy", "--ref", "$(MODEL_REF)", "--volume", "/mnt/target", "--colour", "$(TARGET_COLOUR)"
+        "copy", "--ref", "${MODEL_REF}", "--volume", "/mnt/target", "--colour", "${COLOUR}"
     ]  # fmt: skip
     mount = next(m for m in copy["volumeMounts"] if m["name"] == "target")
     assert mount["mountPath"] == "/mnt/target" and not mount.get("readOnly")
@@ -158,6 +160,30 @@ def test_copy_job_template_is_a_job_aimed_by_the_controller(default: list[Obj]) 
         "name": "flipserve-store",
         "key": "accessKeyId",
     }
+
+
+def test_copy_job_template_has_no_dollar_but_the_placeholders(default: list[Obj]) -> None:
+    text = find(default, "ConfigMap", "flipserve-copy-job-template")["data"]["job.yaml"]
+    placeholders = set(re.findall(r"\$\{([A-Z_]+)\}", text))
+    assert placeholders == {
+        "JOB_NAME", "PROMOTION", "COLOUR", "CLAIM_NAME", "MODEL_REF", "MODEL_VERSION",
+        "MODEL_DIGEST",
+    }  # fmt: skip
+    assert text.count("$") == len(re.findall(r"\$\{[A-Z_]+\}", text))
+
+
+def test_controller_calls_the_services_on_their_service_port(
+    default: list[Obj], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    controller = find(default, "Deployment", "flipserve-controller")
+    env = env_of(pod_spec(controller)["containers"][0])
+    assert json.loads(env["FLIPSERVE_SERVICE_URLS"]["value"]) == {
+        "api": "http://flipserve.demo.svc:80",
+        "preview": "http://flipserve-preview.demo.svc:80",
+    }
+    monkeypatch.setenv("FLIPSERVE_SERVICE_URLS", env["FLIPSERVE_SERVICE_URLS"]["value"])
+    parsed = Settings(_env_file=None).service_urls  # type: ignore[call-arg]
+    assert parsed["preview"] == "http://flipserve-preview.demo.svc:80"
 
 
 def test_every_flipserve_env_var_is_a_settings_field(default: list[Obj]) -> None:
