@@ -77,3 +77,33 @@ test-unit: setup ## Unit tests only (no I/O)
 .PHONY: test
 test: setup tools lint ## Everything CI runs: lint, type check, unit and integration tests
 	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS)
+
+##@ Chart and manifests
+
+CHART := charts/flipserve
+# The chart is checked against a fixed Kubernetes version, so that lint and
+# rendering do not depend on which helm build (or cluster) runs them.
+KUBE_VERSION := v1.34.0
+# helm from PATH, else the one the control plane's build makes (cached).
+HELM ?= $(or $(shell command -v helm 2>/dev/null),$(shell hack/controlplane/build.sh)/helm)
+export HELM
+
+.PHONY: chart-lint
+chart-lint: ## helm lint --strict the chart with every ci/*-values.yaml
+	@for f in $(CHART)/ci/*-values.yaml; do \
+	  echo "==> helm lint $$f"; \
+	  $(HELM) lint --strict --quiet $(CHART) -f $$f --kube-version $(KUBE_VERSION); \
+	done
+
+.PHONY: manifests
+manifests: ## Render manifests/ from the chart (for kubectl-only users)
+	hack/render-manifests.sh manifests
+
+.PHONY: verify-manifests
+verify-manifests: ## Fail when manifests/ differ from what the chart renders
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  hack/render-manifests.sh "$$tmp" && \
+	  for f in crds.yaml flipserve.yaml; do \
+	    diff -u manifests/$$f "$$tmp/$$f" || { \
+	      echo "manifests/$$f is stale: run 'make manifests' and commit the result" >&2; exit 1; }; \
+	  done && echo "manifests/ match the chart"
