@@ -83,6 +83,8 @@ def build_registry(settings: Settings, reconcile: Reconciler, creds: Credentials
     @kopf.on.startup(registry=registry)
     def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.level = logging.WARNING
+        # No cluster-wide scans of CRDs and namespaces: the Role is namespaced on purpose.
+        settings.scanning.disabled = True
         settings.watching.server_timeout = 60
 
     @kopf.on.login(registry=registry)
