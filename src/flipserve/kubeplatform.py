@@ -231,21 +231,26 @@ class KubePlatform:
     # --- switch -----------------------------------------------------------
 
     def switch(self, colour: Colour, target: ModelTarget | None) -> bool:
-        """Point the API Deployment at ``colour``; False when it already does.
+        """Point the API Deployment at ``colour`` serving ``target``; False if it already does.
 
         Claim, pod colour label and the active/previous model annotations change
-        in one patch, guarded by the read resourceVersion.
+        in one patch, guarded by the read resourceVersion. A Kubernetes Event is
+        emitted when the claim really moves (not when only the record is updated,
+        as on a first deployment to the colour mounted from the start).
         """
         dep = self.api_deployment()
         state = self.state(dep)
-        if state.claim == self.claim(colour) and state.active_colour == colour:
+        moves = state.claim != self.claim(colour) or state.active_colour != colour
+        recorded = target is None or state.annotations.get(MODEL_DIGEST) == target.digest
+        if not moves and recorded:
             return False
         ann = {ACTIVE_COLOUR: colour.value} | _target_annotations("", target)
         if state.active_colour != colour:
             ann |= _target_annotations("previous-", state.target())
         patch = _claim_patch(dep, self.fullname, self.claim(colour), colour)
         rv = dep["metadata"]["resourceVersion"]
-        patch.insert(0, {"op": "test", "path": "/metadata/resourceVersion", "value": rv})
+        # A stale resourceVersion makes the API server answer 409 (retried), not apply.
+        patch.insert(0, {"op": "replace", "path": "/metadata/resourceVersion", "value": rv})
         if not dep["metadata"].get("annotations"):
             patch.append({"op": "add", "path": "/metadata/annotations", "value": {}})
         patch += [
@@ -253,9 +258,10 @@ class KubePlatform:
             for k, v in ann.items()
         ]
         patched = self.kube.patch(self.kube.path("deployments", self.api_name), patch, JSON_PATCH)
-        version = target.version if target else "unknown"
-        message = f"Promotion {self.promotion}: API switched to {colour} (model {version})"
-        self.kube.emit_event(patched, "SwitchedColour", message)
+        if moves:
+            version = target.version if target else "unknown"
+            message = f"Promotion {self.promotion}: API switched to {colour} (model {version})"
+            self.kube.emit_event(patched, "SwitchedColour", message)
         return True
 
     def rollout_done(self, colour: Colour) -> bool:
@@ -317,14 +323,13 @@ def _volumes(obj: Obj) -> list[Obj]:
 
 
 def _claim_patch(dep: Obj, fullname: str, claim: str, colour: str) -> list[Obj]:
-    """JSON patch ops replacing the model claim (tested first) and the pods' colour label."""
+    """JSON patch ops replacing the model claim and the pods' colour label."""
     label = "/spec/template/metadata/labels/" + _escape(COLOUR_LABEL)
     for i, volume in enumerate(_volumes(dep)):
         old = (volume.get("persistentVolumeClaim") or {}).get("claimName", "")
         if old.startswith(f"{fullname}-model-"):
             path = f"/spec/template/spec/volumes/{i}/persistentVolumeClaim/claimName"
             return [
-                {"op": "test", "path": path, "value": old},
                 {"op": "replace", "path": path, "value": claim},
                 {"op": "add", "path": label, "value": colour},
             ]

@@ -394,6 +394,10 @@ class ControlPlane:
             f"--config={KWOK_STAGES}",
             "--manage-all-nodes=true",
             "--cidr=10.244.0.1/16",
+            # Heartbeat through node Leases: KWOK's status heartbeat comes every ~55 s,
+            # past the node lifecycle controller's 50 s grace, so nodes flapped NotReady
+            # and their pods lost Ready for good (a Deployment never became available).
+            "--node-lease-duration-seconds=40",
         )
 
     def _seed(self, api: Api) -> None:
