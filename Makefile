@@ -199,3 +199,23 @@ ifeq ($(CLUSTER),minikube)
 else
 	kind delete cluster --name $(CLUSTER_NAME)
 endif
+
+##@ Local control plane
+
+CLUSTER_STATE := $(CACHE)/controlplane/local
+
+.PHONY: cluster-local
+cluster-local: setup tools ## Start etcd, kube-apiserver, controllers, scheduler, KWOK on 127.0.0.1 in the background; prints `export KUBECONFIG=...`
+	@$(PY) -m tests.controlplane up --state-dir $(CLUSTER_STATE)
+
+.PHONY: cluster-local-env
+cluster-local-env: ## Print the `export` lines for the running local control plane again
+	@$(PY) -m tests.controlplane env --state-dir $(CLUSTER_STATE)
+
+.PHONY: cluster-local-down
+cluster-local-down: ## Stop the local control plane and remove its files
+	@$(PY) -m tests.controlplane down --state-dir $(CLUSTER_STATE)
+
+.PHONY: bench-controlplane
+bench-controlplane: setup tools ## Measure the local control plane's warm start (bench/results/controlplane.json)
+	$(PY) -m bench.controlplane --runs 5

@@ -23,28 +23,19 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import kopf
 
 from flipserve.errors import TemporaryError
 from flipserve.kube import GROUP, MERGE, PLURAL, VERSION, Credentials, Kube
-from flipserve.kubeplatform import KubePlatform
-from flipserve.reconciler import (
-    TERMINAL,
-    Context,
-    Gates,
-    Limits,
-    PromotionSpec,
-    PromotionStatus,
-    Urls,
-    step,
-)
+from flipserve.kubeplatform import KubePlatform, Urls
+from flipserve.probe import HttpProbe
+from flipserve.promotion.status import TERMINAL
+from flipserve.reconciler import PromotionRequest, dump_status, load_status, step
 from flipserve.settings import Settings
 
 log = logging.getLogger("flipserve.controller")
-GatesFactory = Callable[[Settings], Gates]
 _TERMINAL = frozenset(p.value for p in TERMINAL)
 
 
@@ -53,44 +44,36 @@ def service_urls(settings: Settings, release: str) -> Urls:
     ns, port = settings.namespace, settings.http_port
     return Urls(
         api=settings.service_urls.get("api", f"http://{release}.{ns}.svc:{port}"),
-        preview=settings.service_urls.get(
-            "preview", f"http://{release}-preview.{ns}.svc:{port}"
-        ),
-    )
-
-
-def limits(settings: Settings) -> Limits:
-    return Limits(
-        copy_timeout_s=settings.copy_timeout_s,
-        preview_timeout_s=settings.preview_timeout_s,
-        rollout_timeout_s=settings.rollout_timeout_s,
-        observe_seconds=settings.observe_seconds,
+        preview=settings.service_urls.get("preview", f"http://{release}-preview.{ns}.svc:{port}"),
     )
 
 
 class Reconciler:
     """Steps one Promotion and writes its status back; what the kopf timer calls."""
 
-    def __init__(self, settings: Settings, kube: Kube, gates: Gates) -> None:
-        self.settings, self.kube, self.gates = settings, kube, gates
+    def __init__(self, settings: Settings, kube: Kube, probe: HttpProbe) -> None:
+        self.settings, self.kube, self.probe = settings, kube, probe
 
     def __call__(self, name: str, spec: dict[str, Any], status: dict[str, Any]) -> None:
-        promotion = PromotionSpec.model_validate(dict(spec))
-        release = promotion.release or self.settings.release
-        before = PromotionStatus.model_validate(dict(status or {}))
-        ctx = Context(
-            name=name,
-            platform=KubePlatform(self.kube, release),
-            gates=self.gates,
-            urls=service_urls(self.settings, release),
-            limits=limits(self.settings),
-        )
-        after = step(promotion, before, ctx)
-        if after.dump() != before.dump():
-            path = self.kube.path(PLURAL, name) + "/status"
-            self.kube.patch(path, {"status": after.dump()}, MERGE)
+        request = PromotionRequest.model_validate(dict(spec))
+        release = request.release or self.settings.release
+        urls = service_urls(self.settings, release)
+        platform = KubePlatform(self.kube, release, name, urls, self.probe)
+        before = load_status(status)
+        after = step(name, request, before, platform, self.probe, self.settings, self.is_live)
+        old = dump_status(before, request, self.settings.score_metric)
+        new = dump_status(after, request, self.settings.score_metric)
+        if new != old:
+            patch = {"status": new | {k: None for k in old if k not in new}}
+            self.kube.patch(self.kube.path(PLURAL, name) + "/status", patch, MERGE)
             if after.phase != before.phase:
                 log.info("promotion %s: %s → %s: %s", name, before.phase, after.phase, after.reason)
+
+    def is_live(self, promotion: str) -> bool:
+        """Whether a Promotion exists and is unfinished (so its release lock is valid)."""
+        obj = self.kube.find(self.kube.path(PLURAL, promotion))
+        phase = ((obj or {}).get("status") or {}).get("phase")
+        return obj is not None and phase not in _TERMINAL
 
 
 def build_registry(settings: Settings, reconcile: Reconciler, creds: Credentials) -> Any:
@@ -100,6 +83,8 @@ def build_registry(settings: Settings, reconcile: Reconciler, creds: Credentials
     @kopf.on.startup(registry=registry)
     def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.level = logging.WARNING
+        # No cluster-wide scans of CRDs and namespaces: the Role is namespaced on purpose.
+        settings.scanning.disabled = True
         settings.watching.server_timeout = 60
 
     @kopf.on.login(registry=registry)
@@ -115,16 +100,16 @@ def build_registry(settings: Settings, reconcile: Reconciler, creds: Credentials
             default_namespace=settings.namespace,
         )
 
-    def unfinished(status: dict[str, Any], **_: Any) -> bool:
-        return (status or {}).get("phase") not in _TERMINAL
+    def unfinished(status: kopf.Status, **_: Any) -> bool:
+        return dict(status).get("phase") not in _TERMINAL
 
     @kopf.timer(
         GROUP, VERSION, PLURAL,
         interval=settings.controller_interval_s, when=unfinished, registry=registry,
     )  # fmt: skip
-    def _tick(name: str, spec: dict[str, Any], status: dict[str, Any], **_: Any) -> None:
+    def _tick(name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> None:
         try:
-            reconcile(name, spec, status)
+            reconcile(name, dict(spec), dict(status))
         except TemporaryError as e:
             raise kopf.TemporaryError(str(e), delay=e.delay) from e
 
@@ -179,13 +164,14 @@ class LeaderLease:
             log.warning("could not release lease %s: %s", self.name, e)
 
 
-def run(settings: Settings, gates: Gates) -> int:
+def run(settings: Settings) -> int:
     """Run the controller until interrupted or the lease is lost (then exit 1)."""
     kube = Kube.from_settings(settings)
+    probe = HttpProbe(settings)
     lease = LeaderLease(kube, f"{settings.release}-controller", settings.controller_lease_s)
     lease.acquire()
     lease.keep()
-    registry = build_registry(settings, Reconciler(settings, kube, gates), kube.creds)
+    registry = build_registry(settings, Reconciler(settings, kube, probe), kube.creds)
     try:
         kopf.run(
             registry=registry,

@@ -56,7 +56,7 @@ class Credentials:
     insecure: bool = False
 
 
-class _CountingApiClient(client.ApiClient):  # type: ignore[misc]
+class _CountingApiClient(client.ApiClient):
     """ApiClient that counts requests by verb; thread-safe, kopf runs handlers in threads."""
 
     def __init__(self, configuration: client.Configuration) -> None:
@@ -80,17 +80,17 @@ def credentials(settings: Settings) -> Credentials:
         return Credentials(server=settings.kube_server, token=token, ca_path=ca)
     cfg = client.Configuration()
     if settings.kubeconfig is None and _IN_CLUSTER_TOKEN.exists():
-        config.load_incluster_config(client_configuration=cfg)
+        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     else:
         path = str(settings.kubeconfig) if settings.kubeconfig else None
         try:
-            config.load_kube_config(config_file=path, client_configuration=cfg)
+            config.load_kube_config(config_file=path, client_configuration=cfg)  # type: ignore[no-untyped-call]
         except (config.ConfigException, OSError) as e:
             raise KubeError(f"cannot load kubeconfig {path or '~/.kube/config'}: {e}") from e
-    token = cfg.api_key.get("BearerToken") or cfg.api_key.get("authorization")
+    bearer: str | None = cfg.api_key.get("BearerToken") or cfg.api_key.get("authorization")
     return Credentials(
         server=cfg.host,
-        token=token.removeprefix("Bearer ").strip() if token else None,
+        token=bearer.removeprefix("Bearer ").strip() if bearer else None,
         ca_path=cfg.ssl_ca_cert,
         client_cert_path=cfg.cert_file,
         client_key_path=cfg.key_file,
@@ -125,7 +125,7 @@ class Kube:
         return self._api.calls
 
     def close(self) -> None:
-        self._api.close()
+        self._api.close()  # type: ignore[no-untyped-call]
 
     # --- REST ---------------------------------------------------------------
 
@@ -141,11 +141,11 @@ class Kube:
         if query:
             path = f"{path}?{urlencode(query)}"
         headers = {"Accept": "application/json", "Content-Type": content_type}
-        method, url, headers, body, post = self._api.param_serialize(
+        req = self._api.param_serialize(
             method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
         )
         try:
-            resp = self._api.call_api(method, url, headers, body, post, _request_timeout=_TIMEOUT)
+            resp = self._api.call_api(*req, _request_timeout=_TIMEOUT)
             data = resp.read()
         except client.ApiException as e:
             raise KubeError(f"{method} {path}: {e.reason}", status=e.status or 0) from e
@@ -168,7 +168,7 @@ class Kube:
                 return None
             raise
 
-    def list(self, path: str, label_selector: str | None = None) -> list[Obj]:
+    def items(self, path: str, label_selector: str | None = None) -> list[Obj]:
         query = {"labelSelector": label_selector} if label_selector else None
         items: list[Obj] = self.request("GET", path, query=query).get("items", [])
         return items

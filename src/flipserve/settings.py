@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     copy_timeout_s: float = 1800.0
     preview_timeout_s: float = 600.0
     rollout_timeout_s: float = 600.0
+    eval_set_path: Path | None = None
+    """Held-out set (JSONL ``{"text", "label"}``) the score gate sends through the preview."""
     service_urls: dict[str, str] = Field(default_factory=dict)
     """Overrides of the in-cluster URLs the gates call, by role (``preview``, ``api``).
 
