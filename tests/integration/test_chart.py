@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flipserve.kubeplatform import ModelRef, render_copy_job
+from flipserve.kubeplatform import render_copy_job
+from flipserve.promotion import ModelTarget
 from tests.controlplane import CommandFailed, ControlPlane
 from tests.integration.chart_support import CHART, CI_VALUES, Obj
 
@@ -258,6 +259,7 @@ DENIED = [
     ("create", "roles.rbac.authorization.k8s.io"),
     ("create", "rolebindings.rbac.authorization.k8s.io"),
     ("create", "serviceaccounts/token"),
+    ("update", "leases.coordination.k8s.io/someone-elses-lease"),
 ]
 CLUSTER_DENIED = [
     ("list", "nodes"),
@@ -306,7 +308,7 @@ def test_controller_account_can_run_the_copy_job_template_on_the_idle_volume(
             "get", "configmap", "flipserve-copy-job-template", "-n", ns, "-o", "json", as_sa
         ).stdout
     )  # the controller may read its template...
-    ref = ModelRef(uri="s3://flipserve/artifacts/m/v2", version="v2", digest="ab" * 32, name="m")
+    ref = ModelTarget(uri="s3://flipserve/artifacts/m/v2", version="v2", digest="ab" * 32, name="m")
     job = render_copy_job(
         cm["data"]["job.yaml"], "flipserve-copy-p1", "p1", "green", "flipserve-model-green", ref
     )

@@ -8,7 +8,9 @@ error messages.
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,7 @@ from tests.integration.chart_support import (
     env_of,
     find,
     helm,
+    helm_bin,
     pod_spec,
     render,
 )
@@ -244,7 +247,7 @@ def test_controller_role_is_namespaced_and_grants_only_the_promotion_steps(
         ("apps", "deployments/scale", "patch", "flipserve,flipserve-preview"),
         ("apps", "deployments/scale", "update", "flipserve,flipserve-preview"),
         ("coordination.k8s.io", "leases", "create", ""),
-        ("coordination.k8s.io", "leases", "update", ""),
+        ("coordination.k8s.io", "leases", "update", "flipserve-controller"),
         ("", "events", "create", ""),
         ("", "events", "patch", ""),
         ("events.k8s.io", "events", "create", ""),
@@ -354,3 +357,13 @@ def test_external_s3_without_credentials_says_which_value_is_missing() -> None:
     out = helm(*args, check=False)
     assert out.returncode != 0
     assert "store.accessKeyId is required when minio.enabled is false" in out.stderr
+
+
+def test_manifests_are_rendered_from_the_current_chart(tmp_path: Path) -> None:
+    script = CHART.parents[1] / "hack" / "render-manifests.sh"
+    env = {**os.environ, "HELM": str(helm_bin())}
+    subprocess.run([str(script), str(tmp_path)], check=True, env=env, capture_output=True)
+    for name in ("crds.yaml", "flipserve.yaml"):
+        committed = (CHART.parents[1] / "manifests" / name).read_text()
+        assert committed == (tmp_path / name).read_text(), f"run `make manifests` ({name})"
+    assert "kind: Secret" not in (tmp_path / "flipserve.yaml").read_text()
