@@ -175,15 +175,15 @@ seed: setup ## Publish the first model to the cluster's MinIO and promote it
 
 .PHONY: promote
 promote: setup ## Promote a model ref through copy, gates and switch (REF=model_refs/model.json)
-	$(CLUSTER_ENV) $(FLIPSERVE) promote --ref $(REF)
+	$(CLUSTER_ENV) $(FLIPSERVE) promote --kube $(REF)
 
 .PHONY: rollback
 rollback: setup ## Flip the API back to the previous colour (no copy)
-	$(CLUSTER_ENV) $(FLIPSERVE) rollback
+	$(CLUSTER_ENV) $(FLIPSERVE) rollback --kube
 
 .PHONY: status
 status: setup ## Active colour, model version and the promotion history
-	$(CLUSTER_ENV) $(FLIPSERVE) status
+	$(CLUSTER_ENV) $(FLIPSERVE) status --kube
 	kubectl -n $(NAMESPACE) get promotions
 
 .PHONY: predict

@@ -325,7 +325,8 @@ def test_controller_account_can_run_the_copy_job_template_on_the_idle_volume(
     assert [claim(p) for p in pods] == ["flipserve-model-green"]
     (container,) = pods[0]["spec"]["containers"]
     assert container["args"] == [
-        "copy", "--ref", ref.uri, "--volume", "/mnt/target", "--colour", "green"
+        "copy", "--uri", ref.uri, "--digest", ref.digest, "--version", "v2",
+        "--volume", "/mnt/target", "--colour", "green",
     ]  # fmt: skip
     assert pods[0]["metadata"]["labels"]["flipserve.dev/promotion"] == "p1"
     cp.kubectl("delete", "job", "flipserve-copy-p1", "-n", ns, as_sa)

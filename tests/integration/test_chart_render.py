@@ -154,7 +154,8 @@ def test_copy_job_template_is_a_job_aimed_by_the_controller(default: list[Obj]) 
     assert job["metadata"]["name"] == "${JOB_NAME}"
     (copy,) = spec["containers"]
     assert copy["args"] == [
-        "copy", "--ref", "${MODEL_REF}", "--volume", "/mnt/target", "--colour", "${COLOUR}"
+        "copy", "--uri", "${MODEL_REF}", "--digest", "${MODEL_DIGEST}",
+        "--version", "${MODEL_VERSION}", "--volume", "/mnt/target", "--colour", "${COLOUR}",
     ]  # fmt: skip
     mount = next(m for m in copy["volumeMounts"] if m["name"] == "target")
     assert mount["mountPath"] == "/mnt/target" and not mount.get("readOnly")
