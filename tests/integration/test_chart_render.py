@@ -352,12 +352,24 @@ def test_schema_rejects_bad_values_naming_the_key(sets: dict[str, str], message:
     assert message in out.stderr
 
 
-def test_external_s3_without_credentials_says_which_value_is_missing() -> None:
+def test_external_s3_without_keys_leaves_credentials_to_the_default_chain() -> None:
+    objs = render(sets={"minio.enabled": "false"})
+    assert [o for o in objs if o["kind"] == "Secret"] == [
+        find(objs, "Secret", "flipserve-api-token")
+    ]
+    for name in ("flipserve", "flipserve-controller"):
+        env = env_of(pod_spec(find(objs, "Deployment", name))["containers"][0])
+        assert (
+            "FLIPSERVE_S3_ACCESS_KEY_ID" not in env and "FLIPSERVE_S3_SECRET_ACCESS_KEY" not in env
+        )
+
+
+def test_external_s3_with_half_a_key_pair_says_which_value_is_missing() -> None:
     args = ["template", "x", str(CHART), "--kube-version", KUBE_VERSION]
-    args += ["--set", "minio.enabled=false"]
+    args += ["--set", "minio.enabled=false", "--set", "store.accessKeyId=AKIA"]
     out = helm(*args, check=False)
     assert out.returncode != 0
-    assert "store.accessKeyId is required when minio.enabled is false" in out.stderr
+    assert "store.secretAccessKey is required when store.accessKeyId is set" in out.stderr
 
 
 def test_manifests_are_rendered_from_the_current_chart(tmp_path: Path) -> None:
