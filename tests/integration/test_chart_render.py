@@ -317,7 +317,12 @@ def test_monitoring_objects_exist_only_when_enabled(default: list[Obj]) -> None:
     rule = find(default, "PrometheusRule", "flipserve")
     alerts = {r["alert"]: r["expr"] for r in rule["spec"]["groups"][0]["rules"]}
     assert set(alerts) == {"FlipserveInputDrift", "FlipserveHighErrorRate"}
-    assert "flipserve_drift_p_value" in alerts["FlipserveInputDrift"]
+    # The server's metric names (server/telemetry.py).
+    assert "flipserve_drift_p_value{" in alerts["FlipserveInputDrift"]
+    assert (
+        'flipserve_requests_total{namespace="demo", service="flipserve", status=~"5.."}'
+        in (alerts["FlipserveHighErrorRate"])
+    )
     find(default, "ServiceMonitor", "flipserve")
     plain = render()
     assert not {o["kind"] for o in plain} & {"PrometheusRule", "ServiceMonitor"}
