@@ -157,10 +157,26 @@ else
 	kind load docker-image --name $(CLUSTER_NAME) $(IMAGE):$(IMAGE_TAG)
 endif
 
+# The score gate's held-out set: the dataset's test split as JSONL, put into a
+# ConfigMap the controller mounts (controller.evalSet.configMap).
+EVAL_SET ?= out/eval-set.jsonl
+EVAL_SET_ROWS ?= 500
+
+$(EVAL_SET): | setup
+	@mkdir -p $(dir $@)
+	$(PY) -c 'import json, sys; from flipserve.data import load_dataset; \
+	  d = load_dataset(); n = int(sys.argv[1]); \
+	  rows = zip(d.texts("test")[:n], d.labels("test")[:n]); \
+	  print("\n".join(json.dumps({"text": t, "label": l}) for t, l in rows))' $(EVAL_SET_ROWS) > $@
+
 .PHONY: deploy
-deploy: ## helm upgrade --install the chart (the API turns ready after `make seed`)
-	$(HELM) upgrade --install $(RELEASE) $(CHART) -n $(NAMESPACE) --create-namespace \
-	  --set image.repository=$(IMAGE) --set image.tag=$(IMAGE_TAG) $(DEPLOY_ARGS)
+deploy: $(EVAL_SET) ## helm upgrade --install the chart (the API turns ready after `make seed`)
+	kubectl create namespace $(NAMESPACE) --dry-run=client -o yaml | kubectl apply -f -
+	kubectl -n $(NAMESPACE) create configmap $(RELEASE)-eval-set --from-file=eval.jsonl=$(EVAL_SET) \
+	  --dry-run=client -o yaml | kubectl apply -f -
+	$(HELM) upgrade --install $(RELEASE) $(CHART) -n $(NAMESPACE) \
+	  --set image.repository=$(IMAGE) --set image.tag=$(IMAGE_TAG) \
+	  --set controller.evalSet.configMap=$(RELEASE)-eval-set $(DEPLOY_ARGS)
 	kubectl -n $(NAMESPACE) rollout status deploy/$(RELEASE)-minio --timeout=300s
 	kubectl -n $(NAMESPACE) rollout status deploy/$(RELEASE)-controller --timeout=300s
 

@@ -190,6 +190,23 @@ def test_controller_calls_the_services_on_their_service_port(
     assert parsed["preview"] == "http://flipserve-preview.demo.svc:80"
 
 
+def test_the_held_out_set_is_mounted_into_the_controller_only_when_given(
+    default: list[Obj],
+) -> None:
+    spec = pod_spec(find(default, "Deployment", "flipserve-controller"))
+    (controller,) = spec["containers"]
+    path = env_of(controller)["FLIPSERVE_EVAL_SET_PATH"]["value"]
+    assert path == "/etc/flipserve/eval-set/eval.jsonl"
+    mount = next(m for m in controller["volumeMounts"] if m["name"] == "eval-set")
+    assert path.startswith(mount["mountPath"] + "/") and mount["readOnly"] is True
+    volume = next(v for v in spec["volumes"] if v["name"] == "eval-set")
+    assert volume["configMap"] == {"name": "flipserve-eval-set"}
+
+    plain = pod_spec(find(render(), "Deployment", "flipserve-controller"))
+    assert "FLIPSERVE_EVAL_SET_PATH" not in env_of(plain["containers"][0])
+    assert "eval-set" not in [v["name"] for v in plain["volumes"]]
+
+
 def test_every_flipserve_env_var_is_a_settings_field(default: list[Obj]) -> None:
     fields = {f"FLIPSERVE_{name.upper()}" for name in Settings.model_fields}
     containers: list[Obj] = []
