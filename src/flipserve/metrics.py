@@ -113,3 +113,18 @@ def score_classification(predictions: list[str], references: list[str]) -> dict[
 
 def score_seq2seq(predictions: list[str], references: list[str]) -> dict[str, float]:
     return _run(Bleu(keep_in_memory=True), predictions, references)
+
+
+def beats(
+    candidate: dict[str, float], production: dict[str, float] | None, metric: str, margin: float
+) -> tuple[bool, str]:
+    """Whether the candidate's ``metric`` beats production's by more than ``margin``."""
+    if metric not in candidate:
+        return False, f"candidate has no '{metric}' score"
+    if production is None:
+        return True, "no production model yet"
+    if metric not in production:
+        return True, f"production has no '{metric}' score"
+    c, p = candidate[metric], production[metric]
+    verdict = "beats" if c > p + margin else "does not beat"
+    return c > p + margin, f"candidate {metric} {c:.4f} {verdict} production {p:.4f} + {margin}"

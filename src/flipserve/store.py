@@ -56,6 +56,12 @@ from flipserve.refs import DatasetRef, ModelRef
 from flipserve.settings import Settings
 
 PRODUCTION = "production.json"
+
+
+class MissingRootError(NotFoundError):
+    """The store itself (bucket or directory) is missing, not just one object."""
+
+
 M = TypeVar("M", bound=BaseModel)
 Advance = Callable[[int], None]
 
@@ -295,11 +301,18 @@ class S3Backend(Backend):
     @contextlib.contextmanager
     def _errors(self, key: str) -> Iterator[None]:
         """Turn botocore's many failures into one clear flipserve error each."""
+        from boto3.exceptions import S3TransferFailedError, S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         where = f"{self.uri}/{key}"
         try:
             yield
+        except (S3UploadFailedError, S3TransferFailedError) as e:
+            # boto3's transfer manager wraps the ClientError it got; unwrap it.
+            cause = e.__cause__ or e.__context__
+            if isinstance(cause, ClientError):
+                raise _client_error(cause, where, self.bucket) from e
+            raise StoreError(f"{where}: transfer failed: {e}") from e
         except ClientError as e:
             raise _client_error(e, where, self.bucket) from e
         except NoCredentialsError as e:
@@ -318,7 +331,7 @@ def _client_error(e: Any, where: str, bucket: str) -> StoreError:
     if code in {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}:
         return ConflictError(f"{where}: changed by another writer ({code})")
     if code == "NoSuchBucket":
-        return NotFoundError(f"{where}: bucket '{bucket}' does not exist")
+        return MissingRootError(f"{where}: bucket '{bucket}' does not exist")
     if code in {"NoSuchKey", "404", "NotFound"}:
         return NotFoundError(f"{where}: not found")
     if code in _CREDENTIAL_CODES:
@@ -394,8 +407,13 @@ class Store:
         manifest = _local_manifest(src)
         digest = manifest.digest()
         target = self.backend.child(f"artifacts/{name}/{version}")
-        with contextlib.suppress(NotFoundError):
+        try:
             data, _ = target.get(artifact.MANIFEST)
+        except MissingRootError:
+            raise
+        except NotFoundError:
+            pass  # not published yet: the usual case
+        else:
             if artifact.sha256_bytes(data) == digest:
                 return target.uri, digest
             raise ConflictError(

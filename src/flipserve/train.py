@@ -299,3 +299,14 @@ def _save(
     reference = _pick(rows, cfg.drift_reference_size, s.seed + 1)
     _write_drift_reference(out, [e.text for e in reference], s)
     return meta
+
+
+def evaluate_dir(
+    model_dir: Path, split: str = "test", limit: int | None = None
+) -> dict[str, float]:
+    """Score the artifact in ``model_dir`` on a split of the dataset it names."""
+    ds = data.load_dataset()
+    rows = _pick(ds.splits[split], limit, 0)
+    classifier = TextClassifier.load(model_dir)
+    predicted = classifier.predict_labels([e.text for e in rows])
+    return metrics.score_classification(predicted, [e.label for e in rows])
