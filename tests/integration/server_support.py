@@ -58,7 +58,7 @@ def emails(n: int) -> list[str]:
     for path in files:
         text = path.read_text(encoding="utf-8", errors="replace")
         body = text.split("\n\n", 1)[-1]
-        bodies.append(" ".join(body.split())[:1500] or "empty email")
+        bodies.append(" ".join(body.split())[:1000] or "empty email")
     return bodies
 
 

@@ -200,6 +200,10 @@ async def flipserve_error_handler(request: Request, error: Exception) -> JSONRes
     return JSONResponse({"error": str(error)}, status_code=code, headers=headers)
 
 
+async def not_supported_handler(request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse({"error": f"not supported: {error}"}, status_code=400)
+
+
 # --- middleware -------------------------------------------------------------------
 
 

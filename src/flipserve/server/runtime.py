@@ -25,7 +25,7 @@ import kserve
 import uvicorn
 from kserve.protocol.rest.server import RESTServer
 
-from flipserve.server.app import install
+from flipserve.server.app import install, not_supported_handler
 from flipserve.server.model import FlipserveModel
 from flipserve.settings import Settings
 
@@ -63,6 +63,12 @@ class _RESTServer(RESTServer):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.config.host = host
         self._server = uvicorn.Server(self.config)
+
+    def _add_exception_handlers(self, app: Any) -> None:
+        super()._add_exception_handlers(app)
+        # KServe answers 501 to a model_version it does not support; flipserve
+        # serves one version per process, so asking for another is a bad request.
+        app.add_exception_handler(NotImplementedError, not_supported_handler)
 
 
 class FlipserveServer(kserve.ModelServer):  # type: ignore[misc]
