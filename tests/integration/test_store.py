@@ -202,3 +202,15 @@ def test_unreachable_endpoint_is_one_clear_error(s3_server: S3Server, tmp_path: 
     )
     with pytest.raises(StoreError, match=r"cannot reach S3 at http://127\.0\.0\.1:9"):
         Store.open(settings).read_production()
+
+
+def test_wrong_credentials_are_one_clear_error(s3_auth_server: str, tmp_path: Path) -> None:
+    settings = Settings(
+        store_uri="s3://any-bucket/x",
+        s3_endpoint_url=s3_auth_server,
+        s3_access_key_id="wrong",
+        s3_secret_access_key="wrong",
+        show_progress=False,
+    )
+    with pytest.raises(StoreError, match=r"S3 rejected the credentials \(InvalidAccessKeyId\)"):
+        Store.open(settings).publish(make_artifact(tmp_path / "src"), "m", "v1")
