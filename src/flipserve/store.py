@@ -492,9 +492,14 @@ class Store:
     def _parallel(self, fn: Callable[[artifact.FileEntry], None], files: list[Any]) -> None:
         # Biggest first: the long transfers start early and the tail is short.
         order = sorted(files, key=lambda e: -e.size)
-        with ThreadPoolExecutor(max(1, self.settings.transfer_concurrency)) as pool:
+        pool = ThreadPoolExecutor(max(1, self.settings.transfer_concurrency))
+        try:
             for future in [pool.submit(fn, e) for e in order]:
                 future.result()
+        finally:
+            # On failure, drop what has not started; wait for what has, so no
+            # thread writes into a directory the caller is about to remove.
+            pool.shutdown(wait=True, cancel_futures=True)
 
     # -- scores ----------------------------------------------------------------
 
