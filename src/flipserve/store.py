@@ -118,12 +118,14 @@ class FileBackend(Backend):
     LOCK_WAIT_S = 5.0
     STALE_LOCK_S = 60.0
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, uri: str | None = None) -> None:
         self.root = root.resolve()
-        self.uri = self.root.as_uri()
+        # Keep a relative URI (file://./store) relative: refs that name it stay portable.
+        self.uri = (uri or self.root.as_uri()).rstrip("/")
 
     def child(self, prefix: str) -> FileBackend:
-        return FileBackend(self.root / _safe_key(prefix))
+        key = _safe_key(prefix)
+        return FileBackend(self.root / key, f"{self.uri}/{key}")
 
     def _path(self, key: str) -> Path:
         return self.root / _safe_key(key)
@@ -343,7 +345,7 @@ def open_backend(uri: str, settings: Settings) -> Backend:
     if uri.startswith("s3://"):
         return S3Backend.from_uri(uri, settings)
     if uri.startswith("file://"):
-        return FileBackend(Path(uri.removeprefix("file://")))
+        return FileBackend(Path(uri.removeprefix("file://")), uri)
     raise ConfigError(f"{uri}: store URI must start with s3:// or file://")
 
 
@@ -490,9 +492,14 @@ class Store:
     def _parallel(self, fn: Callable[[artifact.FileEntry], None], files: list[Any]) -> None:
         # Biggest first: the long transfers start early and the tail is short.
         order = sorted(files, key=lambda e: -e.size)
-        with ThreadPoolExecutor(max(1, self.settings.transfer_concurrency)) as pool:
+        pool = ThreadPoolExecutor(max(1, self.settings.transfer_concurrency))
+        try:
             for future in [pool.submit(fn, e) for e in order]:
                 future.result()
+        finally:
+            # On failure, drop what has not started; wait for what has, so no
+            # thread writes into a directory the caller is about to remove.
+            pool.shutdown(wait=True, cancel_futures=True)
 
     # -- scores ----------------------------------------------------------------
 

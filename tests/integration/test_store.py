@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -12,6 +13,9 @@ from flipserve.errors import ConflictError, IntegrityError, NotFoundError, Store
 from flipserve.refs import DatasetRef, ModelRef, SplitInfo
 from flipserve.settings import Settings
 from flipserve.store import Store
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import S3Server
 
 pytestmark = pytest.mark.integration
 
@@ -65,8 +69,8 @@ def test_publish_then_fetch_gives_identical_verified_files(store: Store, tmp_pat
     assert not [p for p in dest.parent.iterdir() if p.name.startswith(".")]
 
 
-def test_multipart_upload_round_trips(s3_server: object, tmp_path: Path) -> None:
-    settings = s3_server.settings(multipart_threshold_mb=5)  # type: ignore[attr-defined]
+def test_multipart_upload_round_trips(s3_server: S3Server, tmp_path: Path) -> None:
+    settings = s3_server.settings(multipart_threshold_mb=5)
     store = Store.open(settings)
     src = make_artifact(tmp_path / "src", big=(16 << 20) + 123)
     uri, digest = store.publish(src, "m", "v1")
@@ -185,16 +189,28 @@ def test_feedback_is_appended_as_new_objects(store: Store) -> None:
     assert sorted(r["text"] for r in store.read_feedback()) == ["bad", "good"]
 
 
-def test_missing_bucket_is_one_clear_error(s3_server: object, tmp_path: Path) -> None:
-    settings = s3_server.settings()  # type: ignore[attr-defined]
+def test_missing_bucket_is_one_clear_error(s3_server: S3Server, tmp_path: Path) -> None:
+    settings = s3_server.settings()
     store = Store.open(settings, "s3://no-such-bucket/x")
     with pytest.raises(NotFoundError, match="bucket 'no-such-bucket' does not exist"):
         store.publish(make_artifact(tmp_path / "src"), "m", "v1")
 
 
-def test_unreachable_endpoint_is_one_clear_error(s3_server: object, tmp_path: Path) -> None:
-    settings = s3_server.settings(  # type: ignore[attr-defined]
+def test_unreachable_endpoint_is_one_clear_error(s3_server: S3Server, tmp_path: Path) -> None:
+    settings = s3_server.settings(
         s3_endpoint_url="http://127.0.0.1:9", s3_connect_timeout=0.5, s3_max_attempts=1
     )
     with pytest.raises(StoreError, match=r"cannot reach S3 at http://127\.0\.0\.1:9"):
         Store.open(settings).read_production()
+
+
+def test_wrong_credentials_are_one_clear_error(s3_auth_server: str, tmp_path: Path) -> None:
+    settings = Settings(
+        store_uri="s3://any-bucket/x",
+        s3_endpoint_url=s3_auth_server,
+        s3_access_key_id="wrong",
+        s3_secret_access_key="wrong",
+        show_progress=False,
+    )
+    with pytest.raises(StoreError, match=r"S3 rejected the credentials \(InvalidAccessKeyId\)"):
+        Store.open(settings).publish(make_artifact(tmp_path / "src"), "m", "v1")
