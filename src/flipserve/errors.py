@@ -70,6 +70,14 @@ class PromotionError(FlipserveError):
     """A promotion cannot proceed (another one running, active colour targeted, ...)."""
 
 
+class KubeError(FlipserveError):
+    """The Kubernetes API refused a request or could not be reached; ``status`` is the HTTP code."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class TemporaryError(FlipserveError):
     """Retry later: the cluster or store is not there yet."""
 

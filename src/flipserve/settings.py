@@ -94,6 +94,30 @@ class Settings(BaseSettings):
     max_error_rate: float = 0.01
     max_p99_latency_ms: float = 1000.0
 
+    # --- controller (controller.py, kube.py) ---------------------------------
+    kubeconfig: Path | None = None
+    """Kubeconfig to use; None means in-cluster, then ``~/.kube/config``."""
+    kube_token_path: Path | None = None
+    """A ServiceAccount token file; with ``kube_server`` it replaces the kubeconfig."""
+    kube_server: str | None = None
+    kube_ca_path: Path | None = None
+    controller_interval_s: float = 2.0
+    """How often the controller steps each unfinished Promotion."""
+    controller_lease_s: float = 15.0
+    """Leader-election Lease duration; a standby takes over this long after a crash."""
+    copy_timeout_s: float = 1800.0
+    preview_timeout_s: float = 600.0
+    rollout_timeout_s: float = 600.0
+    eval_set_path: Path | None = None
+    """Held-out set (JSONL ``{"text", "label"}``) the score gate sends through the preview."""
+    service_urls: dict[str, str] = Field(default_factory=dict)
+    """Overrides of the in-cluster URLs the gates call, by role (``preview``, ``api``).
+
+    JSON, e.g. ``{"preview": "http://127.0.0.1:8081"}``. The integration tests point
+    them at real model servers on loopback, because pods in the local control
+    plane are faked by KWOK and serve nothing.
+    """
+
 
 @lru_cache
 def get_settings() -> Settings:

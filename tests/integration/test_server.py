@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from tests.integration.conftest import TOKEN
 from tests.integration.server_support import LABELS, ServerProcess, emails, spam_dir
 

@@ -7,6 +7,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
+
 from tests.integration.conftest import TOKEN
 from tests.integration.server_support import ServerProcess
 

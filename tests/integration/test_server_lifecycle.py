@@ -9,9 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.integration.server_support import ServerProcess, make_volume
 
 from flipserve import artifact
+from tests.integration.server_support import ServerProcess, make_volume
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -1,0 +1,185 @@
+"""``flipserve controller``: the operator that drives Promotion objects (built on kopf).
+
+A kopf timer steps every unfinished Promotion in the namespace through
+:func:`flipserve.reconciler.step` and writes the new status back through
+:class:`~flipserve.kube.Kube` (so those API calls are counted). Finished
+promotions (Promoted, Failed, RolledBack) are filtered out and cost nothing.
+
+Exactly one controller is active: before kopf starts, the process takes the
+Lease ``<release>-controller`` and keeps renewing it; a standby waits, and a
+controller that loses the lease stops (its Deployment restarts it as a
+standby). kopf's own peering is off (``standalone``) because it needs extra
+cluster-wide CRDs; the Lease needs only a namespaced Role rule.
+
+Errors: a :class:`~flipserve.errors.TemporaryError` from a step becomes
+``kopf.TemporaryError(delay=…)`` (retry later, status untouched); everything
+that means "give up" is already turned into a Failed/RolledBack status by the
+step itself, so kopf never sees a permanent error for a promotion.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+import kopf
+
+from flipserve.errors import TemporaryError
+from flipserve.kube import GROUP, MERGE, PLURAL, VERSION, Credentials, Kube
+from flipserve.kubeplatform import KubePlatform, Urls
+from flipserve.probe import HttpProbe
+from flipserve.promotion.status import TERMINAL
+from flipserve.reconciler import PromotionRequest, dump_status, load_status, step
+from flipserve.settings import Settings
+
+log = logging.getLogger("flipserve.controller")
+_TERMINAL = frozenset(p.value for p in TERMINAL)
+
+
+def service_urls(settings: Settings, release: str) -> Urls:
+    """In-cluster Service URLs of the API and the preview, unless overridden in settings."""
+    ns, port = settings.namespace, settings.http_port
+    return Urls(
+        api=settings.service_urls.get("api", f"http://{release}.{ns}.svc:{port}"),
+        preview=settings.service_urls.get("preview", f"http://{release}-preview.{ns}.svc:{port}"),
+    )
+
+
+class Reconciler:
+    """Steps one Promotion and writes its status back; what the kopf timer calls."""
+
+    def __init__(self, settings: Settings, kube: Kube, probe: HttpProbe) -> None:
+        self.settings, self.kube, self.probe = settings, kube, probe
+
+    def __call__(self, name: str, spec: dict[str, Any], status: dict[str, Any]) -> None:
+        request = PromotionRequest.model_validate(dict(spec))
+        release = request.release or self.settings.release
+        urls = service_urls(self.settings, release)
+        platform = KubePlatform(self.kube, release, name, urls, self.probe)
+        before = load_status(status)
+        after = step(name, request, before, platform, self.probe, self.settings, self.is_live)
+        old = dump_status(before, request, self.settings.score_metric)
+        new = dump_status(after, request, self.settings.score_metric)
+        if new != old:
+            patch = {"status": new | {k: None for k in old if k not in new}}
+            self.kube.patch(self.kube.path(PLURAL, name) + "/status", patch, MERGE)
+            if after.phase != before.phase:
+                log.info("promotion %s: %s → %s: %s", name, before.phase, after.phase, after.reason)
+
+    def is_live(self, promotion: str) -> bool:
+        """Whether a Promotion exists and is unfinished (so its release lock is valid)."""
+        obj = self.kube.find(self.kube.path(PLURAL, promotion))
+        phase = ((obj or {}).get("status") or {}).get("phase")
+        return obj is not None and phase not in _TERMINAL
+
+
+def build_registry(settings: Settings, reconcile: Reconciler, creds: Credentials) -> Any:
+    """kopf handlers bound to these settings (no import-time registration)."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.level = logging.WARNING
+        # No cluster-wide scans of CRDs and namespaces: the Role is namespaced on purpose.
+        settings.scanning.disabled = True
+        settings.watching.server_timeout = 60
+
+    @kopf.on.login(registry=registry)
+    def _login(**_: Any) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(
+            server=creds.server,
+            token=creds.token,
+            scheme="Bearer" if creds.token else None,
+            ca_path=creds.ca_path,
+            certificate_path=creds.client_cert_path,
+            private_key_path=creds.client_key_path,
+            insecure=creds.insecure,
+            default_namespace=settings.namespace,
+        )
+
+    def unfinished(status: kopf.Status, **_: Any) -> bool:
+        return dict(status).get("phase") not in _TERMINAL
+
+    @kopf.timer(
+        GROUP, VERSION, PLURAL,
+        interval=settings.controller_interval_s, when=unfinished, registry=registry,
+    )  # fmt: skip
+    def _tick(name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> None:
+        try:
+            reconcile(name, dict(spec), dict(status))
+        except TemporaryError as e:
+            raise kopf.TemporaryError(str(e), delay=e.delay) from e
+
+    return registry
+
+
+class LeaderLease:
+    """Holds ``<release>-controller`` while the operator runs; sets ``lost`` when it cannot."""
+
+    def __init__(self, kube: Kube, name: str, duration_s: float) -> None:
+        self.kube, self.name, self.duration_s = kube, name, duration_s
+        self.identity = f"{socket.gethostname()}-{os.getpid()}"
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+
+    def acquire(self) -> None:
+        """Block until this process holds the lease (standby until then)."""
+        announced = False
+        while not self._try():
+            if not announced:
+                log.info("standby: lease %s is held by another controller", self.name)
+                announced = True
+            self._stop.wait(self.duration_s / 3)
+        log.info("leader: holding lease %s as %s", self.name, self.identity)
+
+    def keep(self) -> threading.Thread:
+        thread = threading.Thread(target=self._renew, name="lease", daemon=True)
+        thread.start()
+        return thread
+
+    def _try(self) -> bool:
+        try:
+            return self.kube.hold_lease(self.name, self.identity, self.duration_s)
+        except Exception as e:  # a blip: the next renewal may succeed before expiry
+            log.warning("lease %s: %s", self.name, e)
+            return False
+
+    def _renew(self) -> None:
+        failures = 0
+        while not self._stop.wait(self.duration_s / 3):
+            failures = 0 if self._try() else failures + 1
+            if failures >= 2:  # two misses: the lease may expire before the next try
+                log.error("lost lease %s; stopping", self.name)
+                self.lost.set()
+                return
+
+    def release(self) -> None:
+        self._stop.set()
+        try:
+            self.kube.release_lease(self.name, self.identity)
+        except Exception as e:  # it expires by itself
+            log.warning("could not release lease %s: %s", self.name, e)
+
+
+def run(settings: Settings) -> int:
+    """Run the controller until interrupted or the lease is lost (then exit 1)."""
+    kube = Kube.from_settings(settings)
+    probe = HttpProbe(settings)
+    lease = LeaderLease(kube, f"{settings.release}-controller", settings.controller_lease_s)
+    lease.acquire()
+    lease.keep()
+    registry = build_registry(settings, Reconciler(settings, kube, probe), kube.creds)
+    try:
+        kopf.run(
+            registry=registry,
+            namespaces=[settings.namespace],
+            standalone=True,
+            stop_flag=lease.lost,
+        )
+    finally:
+        lease.release()
+        log.info("API calls made by the controller: %s", dict(kube.calls))
+    return 1 if lease.lost.is_set() else 0

@@ -1,0 +1,152 @@
+"""What the controller asks running model servers over HTTP (the gates' measurements).
+
+In a cluster the URLs are the API and preview Services; in the integration
+tests (KWOK pods serve nothing) they are overridden with servers on
+127.0.0.1 through ``FLIPSERVE_SERVICE_URLS``. The endpoints used, the
+contract with ``server/``:
+
+- ``GET /v2/health/ready`` — 200 once the volume's model is verified and loaded;
+- ``GET /v2/models/{name}`` — metadata; ``parameters.digest`` and ``versions``
+  (or ``x-model-digest`` / ``x-model-version`` headers) name what is served;
+- ``POST /predict`` ``{"instances": [text, ...]}`` — one prediction per text;
+- ``POST /drift`` ``{"texts": [...]}`` — p-value of the texts against the served
+  model's own reference sample;
+- ``GET /traffic?n=N`` (bearer token) — recent live request texts;
+- ``GET /metrics`` — Prometheus text: ``flipserve_requests_total``,
+  ``flipserve_request_errors_total``, ``flipserve_request_latency_seconds`` histogram,
+  ``flipserve_drift_p_value`` and ``flipserve_drift_detected`` gauges.
+
+:class:`HttpProbe` also is the Kubernetes backend's ``GateRunner`` (score, drift).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from flipserve.errors import TemporaryError
+from flipserve.promotion import gates as g
+from flipserve.promotion.status import Colour, ObservedMetrics
+from flipserve.settings import Settings
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a server says it serves."""
+
+    version: str | None
+    digest: str | None
+
+
+class HttpProbe:
+    """HTTP client for the flipserve model server's gate endpoints."""
+
+    def __init__(self, settings: Settings, timeout: float = 30.0) -> None:
+        self.model_name = settings.model_name
+        self.eval_set = settings.eval_set_path
+        token = settings.api_token.get_secret_value() if settings.api_token else None
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(timeout=timeout, headers=headers)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            resp = self.http.request(method, url, **kwargs)
+            resp.raise_for_status()
+        except httpx.HTTPError as e:
+            raise TemporaryError(f"{method} {url}: {e}", delay=3.0) from e
+        return resp
+
+    def served(self, url: str) -> Served:
+        self._call("GET", f"{url}/v2/health/ready")
+        resp = self._call("GET", f"{url}/v2/models/{self.model_name}")
+        body = resp.json() if resp.content else {}
+        params = body.get("parameters") or {}
+        versions = body.get("versions") or []
+        return Served(
+            version=resp.headers.get("x-model-version") or (versions[0] if versions else None),
+            digest=resp.headers.get("x-model-digest") or params.get("digest"),
+        )
+
+    # --- GateRunner ---------------------------------------------------------
+
+    def score(self, preview_url: str) -> dict[str, float]:
+        if self.eval_set is None:
+            raise TemporaryError("no held-out set configured (FLIPSERVE_EVAL_SET_PATH)", 30.0)
+        texts, labels = read_eval_set(self.eval_set)
+        body = self._call("POST", f"{preview_url}/predict", json={"instances": texts}).json()
+        return g.classification_scores(labels, g.labels_from_response(body))
+
+    def drift(self, colour: Colour, preview_url: str, texts: list[str]) -> float:
+        body = self._call("POST", f"{preview_url}/drift", json={"texts": texts}).json()
+        return float(body["p_value"])
+
+    # --- observe ------------------------------------------------------------
+
+    def traffic_sample(self, api_url: str, n: int) -> list[str]:
+        body = self._call("GET", f"{api_url}/traffic", params={"n": n}).json()
+        return [str(t) for t in body.get("texts", [])][:n]
+
+    def metrics(self, api_url: str) -> ObservedMetrics:
+        """Cumulative counters now; the caller diffs two readings for a window."""
+        text = self._call("GET", f"{api_url}/metrics").text
+        return observed_from_prometheus(text)
+
+
+def read_eval_set(path: Path) -> tuple[list[str], list[str]]:
+    texts, labels = [], []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            texts.append(str(row["text"]))
+            labels.append(str(row["label"]))
+    return texts, labels
+
+
+def observed_from_prometheus(text: str) -> ObservedMetrics:
+    """Requests, errors and p99 (from histogram buckets) out of Prometheus exposition text."""
+    requests = errors = 0.0
+    drift_p: float | None = None
+    drift = False
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        metric = name.split("{", 1)[0]
+        if metric == "flipserve_requests_total":
+            requests += float(value)
+        elif metric == "flipserve_request_errors_total":
+            errors += float(value)
+        elif metric == "flipserve_request_latency_seconds_bucket":
+            le = name.split('le="', 1)[1].split('"', 1)[0]
+            bound = math.inf if le == "+Inf" else float(le)
+            buckets[bound] = buckets.get(bound, 0.0) + float(value)
+        elif metric == "flipserve_drift_p_value":
+            drift_p = float(value) if drift_p is None else min(drift_p, float(value))
+        elif metric == "flipserve_drift_detected":
+            drift = drift or float(value) > 0
+    return ObservedMetrics(
+        requests=int(requests),
+        errors=int(errors),
+        p99_latency_ms=_p99_ms(buckets),
+        drift_p_value=drift_p,
+        drift=drift,
+    )
+
+
+def _p99_ms(buckets: dict[float, float]) -> float | None:
+    total = buckets.get(math.inf, 0.0)
+    if total <= 0:
+        return None
+    for bound in sorted(buckets):
+        if buckets[bound] >= 0.99 * total:
+            return None if math.isinf(bound) else bound * 1000.0
+    return None

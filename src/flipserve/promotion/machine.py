@@ -1,0 +1,323 @@
+"""The promotion state machine: one idempotent step per ``reconcile`` call.
+
+``reconcile(spec, status, platform, gates, now)`` looks at the current phase,
+asks the platform how the world is, makes one pure decision and, at most,
+one kind of side effect, and returns the new status. The caller (the local
+runner or the Kubernetes controller) persists the status and calls again
+until ``status.done``. A crash between a side effect and persisting the
+status is safe because every platform call is idempotent and every step
+re-reads the world before deciding: re-running a step does the same thing
+or notices it was done.
+
+The sequence follows Argo Rollouts' blue/green: fill the idle colour, bring
+up a preview on it, analyse before promotion (score, drift), switch the
+active side, analyse after promotion (observe), roll back on a breach.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from flipserve.errors import PromotionError
+from flipserve.promotion import gates as g
+from flipserve.promotion.platform import ActiveModel, CopyProgress, CopyState, Platform
+from flipserve.promotion.status import (
+    Colour,
+    GateResult,
+    ModelTarget,
+    ObservedMetrics,
+    Phase,
+    PromotionSpec,
+    PromotionStatus,
+)
+
+MIN_DRIFT_SAMPLE = 20
+"""Fewer live texts than this make a drift test meaningless: the gate is skipped."""
+
+Step = Callable[[PromotionSpec, PromotionStatus, Platform, g.GateRunner, datetime], None]
+
+
+def reconcile(
+    spec: PromotionSpec,
+    status: PromotionStatus,
+    platform: Platform,
+    gates: g.GateRunner,
+    now: datetime,
+) -> PromotionStatus:
+    """Advance the promotion by one step; a terminal status is returned unchanged."""
+    st = status.model_copy(deep=True)
+    if st.done:
+        return st
+    if not st.phase_times:
+        st.phase_times[st.phase] = now
+    step = _roll_back if st.rolling_back else _STEPS[st.phase]
+    step(spec, st, platform, gates, now)
+    return st
+
+
+# --- pure decisions -----------------------------------------------------------
+
+
+def admission(running: Sequence[str]) -> str | None:
+    """Why a new promotion must wait (another one of the release is running), or None."""
+    if running:
+        return f"waiting: promotion {running[0]} of this release is still running"
+    return None
+
+
+def choose_colours(active: ActiveModel | None) -> tuple[Colour | None, Colour]:
+    """(from, to): the idle colour is the one not serving; blue on a fresh install."""
+    if active is None:
+        return None, Colour.BLUE
+    return active.colour, active.colour.other
+
+
+def already_serving(active: ActiveModel | None, target: ModelTarget) -> bool:
+    return (
+        active is not None and active.target is not None and active.target.digest == target.digest
+    )
+
+
+def copy_decision(progress: CopyProgress, elapsed: float, timeout: float) -> tuple[Phase, str]:
+    """The phase after looking at the copy: stay in Copying, go on to Verifying, or fail."""
+    if progress.state is CopyState.SUCCEEDED:
+        return Phase.VERIFYING, "copy done"
+    if progress.state is CopyState.FAILED:
+        return Phase.FAILED, f"copy failed: {progress.message}"
+    if elapsed > timeout:
+        return Phase.FAILED, f"copy did not finish within {timeout:.0f}s"
+    if progress.state is CopyState.ABSENT:
+        return Phase.COPYING, "starting the copy"
+    pct = "" if progress.fraction is None else f" ({progress.fraction:.0%})"
+    return Phase.COPYING, f"copying{pct}"
+
+
+def timed_out(elapsed: float, timeout: float) -> bool:
+    return elapsed > timeout
+
+
+def first_failed(results: Sequence[GateResult]) -> GateResult | None:
+    return next((r for r in results if not r.passed), None)
+
+
+def observe_decision(
+    observed: ObservedMetrics, spec: PromotionSpec, elapsed: float
+) -> tuple[Phase | None, str]:
+    """(Promoted | None to keep watching, reason); a breach is reported by ``observe_breach``."""
+    if elapsed >= spec.observe_seconds:
+        return Phase.PROMOTED, f"observed {elapsed:.0f}s without a breach"
+    return None, f"observing ({elapsed:.0f}/{spec.observe_seconds:.0f}s)"
+
+
+def rollback_target(active: ActiveModel | None, standby_ready: bool) -> Colour:
+    """The colour a manual rollback switches to: the idle one, if it holds a model."""
+    if active is None:
+        raise PromotionError("nothing is being served, so there is nothing to roll back")
+    if not standby_ready:
+        raise PromotionError(
+            f"the idle colour {active.colour.other} holds no ready model to roll back to"
+        )
+    return active.colour.other
+
+
+# --- steps (one per phase) ------------------------------------------------------
+
+
+def _enter(st: PromotionStatus, phase: Phase, now: datetime, reason: str) -> None:
+    st.phase = phase
+    st.phase_times[phase] = now
+    st.reason = reason
+
+
+def _elapsed(st: PromotionStatus, now: datetime) -> float:
+    since = st.phase_times.get(st.phase, now)
+    return (now - since).total_seconds()
+
+
+def _colours(st: PromotionStatus) -> Colour:
+    if st.to_colour is None:
+        raise PromotionError(f"promotion in {st.phase} has no target colour (corrupt status)")
+    return st.to_colour
+
+
+def _fail(st: PromotionStatus, platform: Platform, now: datetime, reason: str) -> None:
+    """Stop before the switch: clean up the preview; the active colour never moved."""
+    if st.to_colour is not None:
+        platform.stop_preview(st.to_colour)
+    _enter(st, Phase.FAILED, now, reason)
+
+
+def _pending(
+    spec: PromotionSpec, st: PromotionStatus, platform: Platform, gr: g.GateRunner, now: datetime
+) -> None:
+    active = platform.active()
+    if already_serving(active, spec.target):
+        assert active is not None
+        _enter(st, Phase.FAILED, now, f"{spec.target.version} is already served on {active.colour}")
+        return
+    st.from_colour, st.to_colour = choose_colours(active)
+    st.previous = active.target if active else None
+    _enter(st, Phase.COPYING, now, f"copying {spec.target.version} to {st.to_colour}")
+
+
+def _copying(
+    spec: PromotionSpec, st: PromotionStatus, platform: Platform, gr: g.GateRunner, now: datetime
+) -> None:
+    to = _colours(st)
+    progress = platform.copy_progress(to, spec.target)
+    phase, reason = copy_decision(progress, _elapsed(st, now), spec.copy_timeout_seconds)
+    if progress.state is CopyState.ABSENT and phase is Phase.COPYING:
+        platform.start_copy(to, spec.target)
+    st.copy_progress = 1.0 if phase is Phase.VERIFYING else progress.fraction
+    if phase is Phase.FAILED:
+        _fail(st, platform, now, reason)
+    elif phase is not st.phase:
+        _enter(st, phase, now, reason)
+    else:
+        st.reason = reason
+
+
+def _verifying(
+    spec: PromotionSpec, st: PromotionStatus, platform: Platform, gr: g.GateRunner, now: datetime
+) -> None:
+    to = _colours(st)
+    problem = platform.verify(to, spec.target)
+    if problem is not None:
+        _fail(st, platform, now, f"volume {to} failed verification: {problem}")
+        return
+    platform.start_preview(to)
+    if platform.preview_url(to) is not None:
+        _enter(st, Phase.GATING, now, f"preview of {to} is ready")
+    elif timed_out(_elapsed(st, now), spec.ready_timeout_seconds):
+        _fail(st, platform, now, f"preview of {to} not ready within {spec.ready_timeout_seconds}s")
+    else:
+        st.reason = f"waiting for the preview of {to}"
+
+
+def _gating(
+    spec: PromotionSpec, st: PromotionStatus, platform: Platform, gr: g.GateRunner, now: datetime
+) -> None:
+    to = _colours(st)
+    url = platform.preview_url(to)
+    if url is None:  # the preview died (or a restarted platform lost it): bring it back
+        if timed_out(_elapsed(st, now), spec.ready_timeout_seconds):
+            _fail(st, platform, now, f"preview of {to} went away and did not come back")
+            return
+        platform.start_preview(to)
+        st.reason = f"waiting for the preview of {to}"
+        return
+    if st.gate("score") is None:
+        _score_gate(spec, st, platform, gr, url)
+    elif st.gate("drift") is None:
+        _drift_gate(spec, st, platform, gr, url, to)
+    failed = first_failed(st.gates)
+    if failed is not None:
+        _fail(st, platform, now, f"{failed.name} gate failed: {failed.detail}")
+    elif st.gate("score") and st.gate("drift"):
+        _enter(st, Phase.SWITCHING, now, f"gates passed; switching the API to {to}")
+
+
+def _score_gate(
+    spec: PromotionSpec, st: PromotionStatus, platform: Platform, gr: g.GateRunner, url: str
+) -> None:
+    st.production_scores = platform.production_scores()
+    st.candidate_scores = gr.score(url)
+    result = g.score_verdict(
+        st.candidate_scores, st.production_scores, spec.score_metric, spec.score_margin
+    )
+    st.gates.append(result)
+    st.reason = f"score gate: {result.detail}"
+
+
+def _drift_gate(
+    spec: PromotionSpec,
+    st: PromotionStatus,
+    platform: Platform,
+    gr: g.GateRunner,
+    url: str,
+    to: Colour,
+) -> None:
+    if spec.skip_drift_gate or st.from_colour is None:
+        result = g.skipped_drift("no live traffic yet" if st.from_colour is None else "disabled")
+    else:
+        sample = platform.traffic_sample(spec.drift_sample_size)
+        if len(sample) < MIN_DRIFT_SAMPLE:
+            result = g.skipped_drift(f"only {len(sample)} live texts (< {MIN_DRIFT_SAMPLE})")
+        else:
+            st.drift_p_value = gr.drift(to, url, sample)
+            result = g.drift_verdict(st.drift_p_value, spec.drift_p_value, len(sample))
+    st.gates.append(result)
+    st.reason = f"drift gate: {result.detail}"
+
+
+def _switching(
+    spec: PromotionSpec, st: PromotionStatus, platform: Platform, gr: g.GateRunner, now: datetime
+) -> None:
+    to = _colours(st)
+    if st.switched_at is None:
+        changed = platform.switch(to, spec.target)
+        st.switched_at = now
+        st.reason = f"switched the API to {to}" if changed else f"the API already served {to}"
+        return
+    if not platform.rollout_done(to):
+        if timed_out((now - st.switched_at).total_seconds(), spec.rollout_timeout_seconds):
+            _start_rollback(st, f"rollout to {to} not done within {spec.rollout_timeout_seconds}s")
+        else:
+            st.reason = f"waiting for the API rollout to {to}"
+        return
+    platform.stop_preview(to)
+    _enter(st, Phase.OBSERVING, now, f"the API serves {to}; observing")
+
+
+def _observing(
+    spec: PromotionSpec, st: PromotionStatus, platform: Platform, gr: g.GateRunner, now: datetime
+) -> None:
+    to = _colours(st)
+    elapsed = _elapsed(st, now)
+    if st.from_colour is not None:  # a first deployment has nothing to roll back to
+        st.observed = platform.observe(to, elapsed)
+        breach = g.observe_breach(st.observed, spec)
+        if breach is not None:
+            st.gates.append(g.observe_verdict(st.observed, spec))
+            _start_rollback(st, f"observe gate failed: {breach}")
+            return
+        phase, reason = observe_decision(st.observed, spec, elapsed)
+        if phase is None:
+            st.reason = reason
+            return
+        st.gates.append(g.observe_verdict(st.observed, spec))
+    platform.record_production(spec.target, st.candidate_scores)
+    st.last_promoted = spec.target
+    _enter(st, Phase.PROMOTED, now, f"{spec.target.version} promoted on {to}")
+
+
+def _start_rollback(st: PromotionStatus, reason: str) -> None:
+    st.rolling_back = True
+    st.rollback_reason = reason
+    st.reason = reason
+
+
+def _roll_back(
+    spec: PromotionSpec, st: PromotionStatus, platform: Platform, gr: g.GateRunner, now: datetime
+) -> None:
+    """Switch back to the previous colour (idempotent) and wait for that rollout."""
+    back = st.from_colour
+    if back is None:  # cannot happen: first deployments never start a rollback
+        _enter(st, Phase.FAILED, now, f"{st.rollback_reason}; no previous colour to return to")
+        return
+    platform.switch(back, st.previous)
+    if not platform.rollout_done(back):
+        st.reason = f"rolling back to {back}"
+        return
+    _enter(st, Phase.ROLLED_BACK, now, f"rolled back to {back}: {st.rollback_reason}")
+
+
+_STEPS: dict[Phase, Step] = {
+    Phase.PENDING: _pending,
+    Phase.COPYING: _copying,
+    Phase.VERIFYING: _verifying,
+    Phase.GATING: _gating,
+    Phase.SWITCHING: _switching,
+    Phase.OBSERVING: _observing,
+}

@@ -1,0 +1,174 @@
+"""What a promotion asks for (spec) and where it stands (status): the state machine's data.
+
+Both are pydantic models so the Kubernetes controller can store them as a
+``Promotion`` object's ``spec``/``status`` (``model_dump(mode="json")``) and
+the local backend in a JSON file, and read them back unchanged after a
+crash. Field names are the contract with the CRD; change them together.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from flipserve.errors import RefError
+
+
+class Phase(StrEnum):
+    """Where a promotion is; the order of the happy path is the order below."""
+
+    PENDING = "Pending"  # accepted; waiting for its turn and for the idle colour to be chosen
+    COPYING = "Copying"  # the copy job fills the idle colour's volume from the store
+    VERIFYING = (
+        "Verifying"  # the volume's READY marker is checked and a preview server starts on it
+    )
+    GATING = "Gating"  # score and drift gates run against the preview server
+    SWITCHING = "Switching"  # the API moves to the new colour and waits for the rollout
+    OBSERVING = "Observing"  # the new colour's error rate, latency and drift are watched
+    PROMOTED = "Promoted"  # terminal: the new colour serves and is recorded as production
+    FAILED = "Failed"  # terminal: stopped before the switch; the active colour never moved
+    ROLLED_BACK = "RolledBack"  # terminal: switched, then switched back to the previous colour
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({Phase.PROMOTED, Phase.FAILED, Phase.ROLLED_BACK})
+
+
+class Colour(StrEnum):
+    """The two model volumes; the API serves exactly one of them."""
+
+    BLUE = "blue"
+    GREEN = "green"
+
+    @property
+    def other(self) -> Colour:
+        return Colour.GREEN if self is Colour.BLUE else Colour.BLUE
+
+
+class ModelTarget(BaseModel):
+    """One model artifact in the store, pinned by its manifest digest (from a model ref)."""
+
+    name: str = "flipserve"
+    version: str
+    uri: str
+    """Where the artifact lives: ``s3://bucket/prefix/...`` or ``file:///...``."""
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scores: dict[str, float] = Field(default_factory=dict)
+    """Scores recorded at training time (informational; the gate measures its own)."""
+
+    @classmethod
+    def from_ref(cls, data: dict[str, Any]) -> ModelTarget:
+        """From a model ref's JSON (``model_refs/model.json``, see refs.py)."""
+        try:
+            return cls(
+                name=data.get("name", "flipserve"),
+                version=str(data["version"]),
+                uri=data.get("uri") or data["artifact_uri"],
+                digest=data.get("digest") or data.get("sha256") or data["manifest_sha256"],
+                scores=data.get("metrics") or data.get("scores") or {},
+            )
+        except (KeyError, ValidationError) as e:
+            raise RefError(f"not a model ref: {e}") from e
+
+    @classmethod
+    def from_ref_file(cls, path: Path) -> ModelTarget:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise RefError(f"{path}: cannot read the model ref: {e}") from e
+        try:
+            return cls.from_ref(data)
+        except RefError as e:
+            raise RefError(f"{path}: {e}") from e
+
+
+class PromotionSpec(BaseModel):
+    """What to promote and the thresholds its gates use (filled from settings by the caller)."""
+
+    target: ModelTarget
+    score_metric: str = "macro_f1"
+    score_margin: float = 0.0
+    """The candidate must beat production's score by more than this."""
+    drift_p_value: float = 0.05
+    """The drift gate fails when live traffic vs. the candidate's reference has p below this."""
+    drift_sample_size: int = 200
+    observe_seconds: float = 30.0
+    max_error_rate: float = 0.01
+    max_p99_latency_ms: float = 1000.0
+    rollback_on_drift: bool = True
+    """Whether drift detected on the new colour while observing rolls it back."""
+    copy_timeout_seconds: float = 600.0
+    ready_timeout_seconds: float = 300.0
+    rollout_timeout_seconds: float = 300.0
+    skip_drift_gate: bool = False
+    """For a first deployment there is no live traffic to test; the machine skips it by itself."""
+
+
+class GateResult(BaseModel):
+    """The verdict of one gate, kept in the status for ``kubectl get`` and the report."""
+
+    name: str  # "score" | "drift" | "observe"
+    passed: bool
+    value: float | None = None
+    threshold: float | None = None
+    detail: str = ""
+
+
+class ObservedMetrics(BaseModel):
+    """The new colour's behaviour since the switch (from its own metrics)."""
+
+    requests: int = 0
+    errors: int = 0
+    p99_latency_ms: float | None = None
+    drift_p_value: float | None = None
+    drift: bool = False
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+
+class PromotionStatus(BaseModel):
+    """Everything a promotion has done and decided; enough to resume after a crash."""
+
+    phase: Phase = Phase.PENDING
+    phase_times: dict[Phase, datetime] = Field(default_factory=dict)
+    """When each phase was entered (the latest entry, if a phase was re-entered)."""
+    from_colour: Colour | None = None
+    """The colour serving when the promotion started (None: nothing was serving)."""
+    to_colour: Colour | None = None
+    previous: ModelTarget | None = None
+    """The model that was serving when the promotion started, for rollback and the report."""
+    copy_progress: float | None = None
+    """Fraction (0..1) of the copy's bytes done, when the platform knows it."""
+    candidate_scores: dict[str, float] = Field(default_factory=dict)
+    production_scores: dict[str, float] = Field(default_factory=dict)
+    drift_p_value: float | None = None
+    gates: list[GateResult] = Field(default_factory=list)
+    observed: ObservedMetrics | None = None
+    switched_at: datetime | None = None
+    rolling_back: bool = False
+    """Set when the observe gate (or a stuck rollout) breached: the API is moving back."""
+    rollback_reason: str = ""
+    reason: str = ""
+    """Why the promotion is where it is: the last decision, in one line."""
+    last_promoted: ModelTarget | None = None
+    """The spec's target once it reached Promoted (Flagger's lastPromotedSpec)."""
+
+    @property
+    def done(self) -> bool:
+        return self.phase.terminal
+
+    def gate(self, name: str) -> GateResult | None:
+        return next((g for g in self.gates if g.name == name), None)
+
+    def entered(self, phase: Phase) -> datetime | None:
+        return self.phase_times.get(phase)

@@ -1,0 +1,118 @@
+"""A stand-in for the model server's gate endpoints, on 127.0.0.1 (test double).
+
+KWOK fakes the pods of the local control plane, so nothing in it serves HTTP;
+the controller's gates reach servers through ``FLIPSERVE_SERVICE_URLS``. Until
+the real ``flipserve serve`` can be started here with a trained artifact, this
+is the thinnest server that answers the same endpoints (flipserve/probe.py's
+contract) with numbers a test sets: which digest it serves, how well it
+predicts, the drift p-value, the live traffic and error counters.
+
+Predictions: an eval text is ``"<label> <n>"``; the stub answers the right
+label for the first ``quality`` fraction of a request's texts and ``"wrong"``
+for the rest, so ``quality`` is the candidate's accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Model:
+    version: str
+    digest: str
+    quality: float = 0.8
+    drift_p_value: float = 0.5
+    errors: int = 0
+    requests: int = 100
+    traffic: list[str] = field(default_factory=lambda: [f"live text {i}" for i in range(50)])
+
+
+class StubServer:
+    """One stub server; ``model`` is what it serves and can be swapped at any time."""
+
+    def __init__(self, model: Model, name: str = "flipserve") -> None:
+        self.model, self.name = model, name
+        self.calls: list[str] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, body: Any, status: int = 200, text: bool = False) -> None:
+                data = body.encode() if text else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain" if text else "application/json")
+                self.send_header("x-model-version", stub.model.version)
+                self.send_header("x-model-digest", stub.model.digest)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                stub.calls.append(f"GET {self.path}")
+                path = self.path.split("?", 1)[0]
+                m = stub.model
+                if path == "/v2/health/ready":
+                    self._send({"ready": True})
+                elif path == f"/v2/models/{stub.name}":
+                    params = {"digest": m.digest}
+                    self._send({"name": stub.name, "versions": [m.version], "parameters": params})
+                elif path == "/traffic":
+                    self._send({"texts": m.traffic})
+                elif path == "/metrics":
+                    self._send(_metrics(m), text=True)
+                else:
+                    self._send({"error": "not found"}, 404)
+
+            def do_POST(self) -> None:
+                stub.calls.append(f"POST {self.path}")
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                if self.path == "/predict":
+                    self._send({"predictions": _predict(body["instances"], stub.model.quality)})
+                elif self.path == "/drift":
+                    self._send({"p_value": stub.model.drift_p_value})
+                else:
+                    self._send({"error": "not found"}, 404)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> StubServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _predict(texts: list[str], quality: float) -> list[dict[str, str]]:
+    right = round(len(texts) * quality)
+    return [{"label": t.split()[0] if i < right else "wrong"} for i, t in enumerate(texts)]
+
+
+def _metrics(m: Model) -> str:
+    return "\n".join(
+        [
+            "# TYPE flipserve_requests_total counter",
+            f"flipserve_requests_total {m.requests}",
+            f"flipserve_request_errors_total {m.errors}",
+            'flipserve_request_latency_seconds_bucket{le="0.05"} ' + str(m.requests),
+            'flipserve_request_latency_seconds_bucket{le="+Inf"} ' + str(m.requests),
+            "",
+        ]
+    )
+
+
+def eval_set(n: int = 40) -> str:
+    """A held-out set the stub can score: JSONL of ``{"text": "<label> i", "label"}``."""
+    rows = [{"text": f"{lab} {i}", "label": lab} for i in range(n) for lab in ("pos", "neg")]
+    return "\n".join(json.dumps(r) for r in rows) + "\n"

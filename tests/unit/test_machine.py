@@ -1,0 +1,449 @@
+"""Every transition and every crash point of the promotion state machine (no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from flipserve.errors import PromotionError
+from flipserve.promotion import machine
+from flipserve.promotion.platform import ActiveModel, CopyProgress, CopyState
+from flipserve.promotion.status import (
+    Colour,
+    ModelTarget,
+    ObservedMetrics,
+    Phase,
+    PromotionSpec,
+    PromotionStatus,
+)
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+OLD = ModelTarget(version="v1", uri="file:///s/v1", digest="a" * 64)
+NEW = ModelTarget(version="v2", uri="file:///s/v2", digest="b" * 64)
+
+
+@dataclass
+class FakePlatform:
+    """An in-memory world: copies, previews and rollouts finish after a few polls."""
+
+    active_colour: Colour | None = Colour.BLUE
+    volumes: dict[Colour, ModelTarget] = field(default_factory=lambda: {Colour.BLUE: OLD})
+    production: dict[str, float] = field(default_factory=lambda: {"macro_f1": 0.60})
+    copy_polls: int = 2
+    copy_fails: str | None = None
+    preview_polls: int = 1
+    rollout_polls: int = 1
+    stuck: Colour | None = None
+    corrupt: bool = False
+    observed: ObservedMetrics = field(default_factory=lambda: ObservedMetrics(requests=100))
+    traffic: list[str] = field(default_factory=lambda: ["hello"] * 50)
+    copies_started: list[Colour] = field(default_factory=list)
+    switches: list[Colour] = field(default_factory=list)
+    previews: set[Colour] = field(default_factory=set)
+    recorded: list[str] = field(default_factory=list)
+    _copy_seen: int = 0
+    _preview_seen: int = 0
+    _rollout_seen: int = 0
+
+    def active(self) -> ActiveModel | None:
+        if self.active_colour is None:
+            return None
+        return ActiveModel(colour=self.active_colour, target=self.volumes.get(self.active_colour))
+
+    def production_scores(self) -> dict[str, float]:
+        return dict(self.production)
+
+    def start_copy(self, colour: Colour, target: ModelTarget) -> None:
+        assert colour != self.active_colour, "copy into the active colour"
+        if colour not in self.copies_started:
+            self.copies_started.append(colour)
+
+    def copy_progress(self, colour: Colour, target: ModelTarget) -> CopyProgress:
+        if colour not in self.copies_started:
+            return CopyProgress(state=CopyState.ABSENT)
+        if self.copy_fails:
+            return CopyProgress(state=CopyState.FAILED, message=self.copy_fails)
+        self._copy_seen += 1
+        if self._copy_seen <= self.copy_polls:
+            return CopyProgress(state=CopyState.RUNNING, fraction=0.5)
+        self.volumes[colour] = target
+        return CopyProgress(state=CopyState.SUCCEEDED, fraction=1.0)
+
+    def verify(self, colour: Colour, target: ModelTarget) -> str | None:
+        return "digest mismatch" if self.corrupt else None
+
+    def start_preview(self, colour: Colour) -> None:
+        self.previews.add(colour)
+
+    def preview_url(self, colour: Colour) -> str | None:
+        if colour not in self.previews:
+            return None
+        self._preview_seen += 1
+        return "http://preview" if self._preview_seen > self.preview_polls else None
+
+    def stop_preview(self, colour: Colour) -> None:
+        self.previews.discard(colour)
+
+    def traffic_sample(self, n: int) -> list[str]:
+        return self.traffic[:n]
+
+    def switch(self, colour: Colour, target: ModelTarget | None) -> bool:
+        if self.active_colour == colour:
+            return False
+        self.active_colour = colour
+        self.switches.append(colour)
+        self._rollout_seen = 0
+        return True
+
+    def rollout_done(self, colour: Colour) -> bool:
+        self._rollout_seen += 1
+        if colour == self.stuck:
+            return False
+        return self.active_colour == colour and self._rollout_seen > self.rollout_polls
+
+    def observe(self, colour: Colour, since_seconds: float) -> ObservedMetrics:
+        return self.observed
+
+    def record_production(self, target: ModelTarget, scores: dict[str, float]) -> None:
+        if target.version not in self.recorded:
+            self.recorded.append(target.version)
+
+
+@dataclass
+class FakeGates:
+    scores: dict[str, float] = field(default_factory=lambda: {"macro_f1": 0.70, "accuracy": 0.7})
+    p_value: float = 0.5
+    score_calls: int = 0
+
+    def score(self, preview_url: str) -> dict[str, float]:
+        self.score_calls += 1
+        return dict(self.scores)
+
+    def drift(self, colour: Colour, preview_url: str, texts: list[str]) -> float:
+        return self.p_value
+
+
+def _spec(**kw: object) -> PromotionSpec:
+    return PromotionSpec.model_validate({"target": NEW, "observe_seconds": 10, **kw})
+
+
+def _run(
+    platform: FakePlatform,
+    gates: FakeGates,
+    spec: PromotionSpec | None = None,
+    tick: float = 1.0,
+    crash_at: int | None = None,
+    max_steps: int = 200,
+) -> tuple[PromotionStatus, list[Phase]]:
+    """Reconcile until done; at step ``crash_at`` throw the result away (a crash before saving)."""
+    spec = spec or _spec()
+    status, now, phases = PromotionStatus(), T0, []
+    for i in range(max_steps):
+        new = machine.reconcile(spec, status, platform, gates, now)
+        if i != crash_at:
+            status = new
+        if not phases or phases[-1] != status.phase:
+            phases.append(status.phase)
+        if status.done:
+            return status, phases
+        now += timedelta(seconds=tick)
+    raise AssertionError(f"not done after {max_steps} steps: {status}")
+
+
+HAPPY = [
+    Phase.PENDING,
+    Phase.COPYING,
+    Phase.VERIFYING,
+    Phase.GATING,
+    Phase.SWITCHING,
+    Phase.OBSERVING,
+    Phase.PROMOTED,
+]
+
+
+def test_happy_path_goes_through_every_phase_in_order_and_records_production() -> None:
+    platform = FakePlatform()
+    status, phases = _run(platform, FakeGates())
+    assert phases == HAPPY[1:]
+    assert status.from_colour is Colour.BLUE and status.to_colour is Colour.GREEN
+    assert platform.active_colour is Colour.GREEN
+    assert platform.switches == [Colour.GREEN]
+    assert platform.recorded == ["v2"]
+    assert platform.previews == set()
+    assert status.last_promoted == NEW and status.previous == OLD
+    assert [g.name for g in status.gates] == ["score", "drift", "observe"]
+    assert all(g.passed for g in status.gates)
+    assert status.candidate_scores["macro_f1"] == 0.70
+    assert status.production_scores["macro_f1"] == 0.60
+    assert status.drift_p_value == 0.5
+    assert set(status.phase_times) == set(HAPPY)
+    assert status.phase_times[Phase.PROMOTED] > status.phase_times[Phase.PENDING]
+
+
+def test_phase_times_are_monotonic_along_the_path() -> None:
+    status, _ = _run(FakePlatform(), FakeGates())
+    times = [status.phase_times[p] for p in HAPPY]
+    assert times == sorted(times)
+
+
+@pytest.mark.parametrize("crash_at", range(40))
+def test_a_crash_before_saving_any_step_ends_the_same_way(crash_at: int) -> None:
+    clean_platform = FakePlatform()
+    clean, _ = _run(clean_platform, FakeGates())
+    platform = FakePlatform()
+    status, _ = _run(platform, FakeGates(), crash_at=crash_at)
+    assert status.phase is Phase.PROMOTED
+    assert platform.switches == [Colour.GREEN]  # switched exactly once, never flapped
+    assert platform.copies_started == [Colour.GREEN]
+    assert platform.recorded == ["v2"]
+    assert platform.previews == set()
+    assert [g.name for g in status.gates] == [g.name for g in clean.gates]
+
+
+@pytest.mark.parametrize("crash_at", range(40))
+def test_a_crash_during_a_rollback_still_ends_rolled_back_on_the_old_colour(crash_at: int) -> None:
+    platform = FakePlatform(observed=ObservedMetrics(requests=100, errors=50))
+    status, _ = _run(platform, FakeGates(), crash_at=crash_at)
+    assert status.phase is Phase.ROLLED_BACK
+    assert platform.active_colour is Colour.BLUE
+    assert platform.switches == [Colour.GREEN, Colour.BLUE]
+    assert platform.recorded == []
+
+
+@pytest.mark.parametrize("crash_at", range(12))
+def test_a_crash_during_a_failing_gate_still_fails_without_switching(crash_at: int) -> None:
+    platform = FakePlatform()
+    status, _ = _run(platform, FakeGates(scores={"macro_f1": 0.1}), crash_at=crash_at)
+    assert status.phase is Phase.FAILED
+    assert platform.switches == [] and platform.active_colour is Colour.BLUE
+    assert platform.previews == set()
+
+
+def test_pending_chooses_the_idle_colour_and_goes_to_copying() -> None:
+    platform = FakePlatform(active_colour=Colour.GREEN, volumes={Colour.GREEN: OLD})
+    st = machine.reconcile(_spec(), PromotionStatus(), platform, FakeGates(), T0)
+    assert st.phase is Phase.COPYING
+    assert (st.from_colour, st.to_colour) == (Colour.GREEN, Colour.BLUE)
+    assert st.previous == OLD
+
+
+def test_pending_fails_when_the_target_is_already_served() -> None:
+    platform = FakePlatform(volumes={Colour.BLUE: NEW})
+    st = machine.reconcile(_spec(), PromotionStatus(), platform, FakeGates(), T0)
+    assert st.phase is Phase.FAILED
+    assert "already served on blue" in st.reason
+    assert platform.copies_started == []
+
+
+def test_copying_starts_the_copy_once_and_reports_progress() -> None:
+    platform = FakePlatform(copy_polls=5)
+    st = PromotionStatus(phase=Phase.COPYING, from_colour=Colour.BLUE, to_colour=Colour.GREEN)
+    for i in range(3):
+        st = machine.reconcile(_spec(), st, platform, FakeGates(), T0 + timedelta(seconds=i))
+    assert platform.copies_started == [Colour.GREEN]
+    assert st.phase is Phase.COPYING
+    assert st.copy_progress == 0.5
+    assert "copying (50%)" in st.reason
+
+
+def test_copy_failure_fails_the_promotion_before_any_switch() -> None:
+    platform = FakePlatform(copy_fails="sha256 mismatch in model.safetensors")
+    status, phases = _run(platform, FakeGates())
+    assert phases[-1] is Phase.FAILED and Phase.SWITCHING not in phases
+    assert "copy failed: sha256 mismatch" in status.reason
+    assert platform.active_colour is Colour.BLUE
+
+
+def test_copy_timeout_fails() -> None:
+    platform = FakePlatform(copy_polls=1000)
+    status, _ = _run(platform, FakeGates(), spec=_spec(copy_timeout_seconds=5))
+    assert status.phase is Phase.FAILED
+    assert "did not finish within 5s" in status.reason
+
+
+def test_verification_failure_fails_and_starts_no_preview() -> None:
+    platform = FakePlatform(corrupt=True)
+    status, phases = _run(platform, FakeGates())
+    assert phases[-2:] == [Phase.VERIFYING, Phase.FAILED]
+    assert "failed verification: digest mismatch" in status.reason
+    assert platform.previews == set() and platform.switches == []
+
+
+def test_preview_that_never_gets_ready_fails_and_is_stopped() -> None:
+    platform = FakePlatform(preview_polls=1000)
+    status, _ = _run(platform, FakeGates(), spec=_spec(ready_timeout_seconds=3))
+    assert status.phase is Phase.FAILED
+    assert "not ready within" in status.reason
+    assert platform.previews == set()
+
+
+def test_preview_lost_during_gating_is_restarted() -> None:
+    platform = FakePlatform(preview_polls=0)
+    st = PromotionStatus(phase=Phase.GATING, from_colour=Colour.BLUE, to_colour=Colour.GREEN)
+    st = machine.reconcile(_spec(), st, platform, FakeGates(), T0)
+    assert st.phase is Phase.GATING and "waiting for the preview" in st.reason
+    assert Colour.GREEN in platform.previews
+
+
+def test_preview_lost_for_too_long_fails() -> None:
+    platform = FakePlatform(preview_polls=1000)
+    st = PromotionStatus(
+        phase=Phase.GATING,
+        phase_times={Phase.GATING: T0},
+        from_colour=Colour.BLUE,
+        to_colour=Colour.GREEN,
+    )
+    st = machine.reconcile(_spec(), st, platform, FakeGates(), T0 + timedelta(seconds=10_000))
+    assert st.phase is Phase.FAILED and "went away" in st.reason
+
+
+def test_worse_score_fails_with_the_active_colour_unchanged() -> None:
+    platform = FakePlatform()
+    status, phases = _run(platform, FakeGates(scores={"macro_f1": 0.55}))
+    assert phases[-2:] == [Phase.GATING, Phase.FAILED]
+    assert "score gate failed" in status.reason and "does not beat" in status.reason
+    assert platform.active_colour is Colour.BLUE and platform.switches == []
+    assert status.gate("drift") is None  # stops at the first failed gate
+
+
+def test_equal_score_within_margin_fails() -> None:
+    status, _ = _run(FakePlatform(), FakeGates(), spec=_spec(score_margin=0.2))
+    assert status.phase is Phase.FAILED
+    assert status.gate("score") is not None and status.gate("score").threshold == pytest.approx(0.8)  # type: ignore[union-attr]
+
+
+def test_drift_fails_the_promotion() -> None:
+    platform = FakePlatform()
+    status, _ = _run(platform, FakeGates(p_value=0.001))
+    assert status.phase is Phase.FAILED
+    assert "drift gate failed" in status.reason
+    assert status.drift_p_value == 0.001
+    assert platform.switches == []
+
+
+def test_drift_gate_is_skipped_with_too_little_live_traffic() -> None:
+    platform = FakePlatform(traffic=["x"] * 3)
+    status, _ = _run(platform, FakeGates(p_value=0.0))
+    assert status.phase is Phase.PROMOTED
+    drift = status.gate("drift")
+    assert drift is not None and drift.passed and "skipped: only 3 live texts" in drift.detail
+
+
+def test_first_deployment_goes_to_blue_skips_drift_and_observation() -> None:
+    platform = FakePlatform(active_colour=None, volumes={}, production={})
+    status, _ = _run(platform, FakeGates(p_value=0.0))
+    assert status.phase is Phase.PROMOTED and status.to_colour is Colour.BLUE
+    assert status.from_colour is None
+    assert "no production record" in status.gates[0].detail
+    assert "skipped: no live traffic" in status.gates[1].detail
+    assert platform.recorded == ["v2"]
+
+
+def test_score_gate_without_the_metric_fails() -> None:
+    status, _ = _run(FakePlatform(), FakeGates(scores={"accuracy": 0.9}))
+    assert status.phase is Phase.FAILED and "no 'macro_f1' score" in status.reason
+
+
+def test_switching_is_idempotent_when_the_api_already_serves_the_colour() -> None:
+    platform = FakePlatform(active_colour=Colour.GREEN)
+    st = PromotionStatus(phase=Phase.SWITCHING, from_colour=Colour.BLUE, to_colour=Colour.GREEN)
+    st = machine.reconcile(_spec(), st, platform, FakeGates(), T0)
+    assert platform.switches == [] and "already served green" in st.reason
+
+
+def test_stuck_rollout_rolls_back() -> None:
+    platform = FakePlatform(stuck=Colour.GREEN)
+    status, phases = _run(platform, FakeGates(), spec=_spec(rollout_timeout_seconds=5))
+    assert status.phase is Phase.ROLLED_BACK
+    assert Phase.OBSERVING not in phases
+    assert "not done within" in status.reason
+    assert platform.active_colour is Colour.BLUE
+
+
+@pytest.mark.parametrize(
+    ("observed", "expected"),
+    [
+        (ObservedMetrics(requests=100, errors=5), "error rate 5.00%"),
+        (ObservedMetrics(requests=100, p99_latency_ms=5000), "p99 latency 5000 ms"),
+        (ObservedMetrics(requests=100, drift=True, drift_p_value=0.001), "drift on the new colour"),
+    ],
+)
+def test_observe_breach_rolls_back_to_the_previous_colour(
+    observed: ObservedMetrics, expected: str
+) -> None:
+    platform = FakePlatform(observed=observed)
+    status, phases = _run(platform, FakeGates())
+    assert phases[-2:] == [Phase.OBSERVING, Phase.ROLLED_BACK]
+    assert expected in status.reason and status.rollback_reason.startswith("observe gate failed")
+    assert platform.active_colour is Colour.BLUE
+    assert platform.recorded == []
+    observe = status.gate("observe")
+    assert observe is not None and not observe.passed
+
+
+def test_drift_while_observing_is_tolerated_when_configured() -> None:
+    platform = FakePlatform(observed=ObservedMetrics(requests=10, drift=True))
+    status, _ = _run(platform, FakeGates(), spec=_spec(rollback_on_drift=False))
+    assert status.phase is Phase.PROMOTED
+
+
+def test_observing_waits_for_the_whole_window() -> None:
+    status, _ = _run(FakePlatform(), FakeGates(), spec=_spec(observe_seconds=30), tick=1.0)
+    assert status.phase is Phase.PROMOTED
+    observing = status.phase_times[Phase.PROMOTED] - status.phase_times[Phase.OBSERVING]
+    assert observing >= timedelta(seconds=30)
+
+
+@pytest.mark.parametrize("phase", [Phase.PROMOTED, Phase.FAILED, Phase.ROLLED_BACK])
+def test_terminal_status_is_returned_unchanged(phase: Phase) -> None:
+    platform = FakePlatform()
+    st = PromotionStatus(phase=phase, reason="done")
+    assert machine.reconcile(_spec(), st, platform, FakeGates(), T0) == st
+    assert platform.copies_started == [] and platform.switches == []
+
+
+def test_reconcile_does_not_mutate_its_input() -> None:
+    st = PromotionStatus()
+    machine.reconcile(_spec(), st, FakePlatform(), FakeGates(), T0)
+    assert st == PromotionStatus()
+
+
+def test_status_round_trips_through_json() -> None:
+    status, _ = _run(FakePlatform(), FakeGates())
+    again = PromotionStatus.model_validate_json(status.model_dump_json())
+    assert again == status
+
+
+def test_a_gate_that_already_ran_is_not_run_again() -> None:
+    gates = FakeGates()
+    _run(FakePlatform(), gates, crash_at=None)
+    assert gates.score_calls == 1
+
+
+def test_admission_refuses_while_another_promotion_runs() -> None:
+    assert machine.admission([]) is None
+    reason = machine.admission(["promote-v2"])
+    assert reason is not None and "promote-v2" in reason
+
+
+def test_rollback_target_is_the_idle_colour_if_it_holds_a_model() -> None:
+    active = ActiveModel(colour=Colour.GREEN)
+    assert machine.rollback_target(active, standby_ready=True) is Colour.BLUE
+    with pytest.raises(PromotionError, match="holds no ready model"):
+        machine.rollback_target(active, standby_ready=False)
+    with pytest.raises(PromotionError, match="nothing is being served"):
+        machine.rollback_target(None, standby_ready=True)
+
+
+def test_copy_decision_covers_every_copy_state() -> None:
+    cases = {
+        CopyState.ABSENT: Phase.COPYING,
+        CopyState.RUNNING: Phase.COPYING,
+        CopyState.SUCCEEDED: Phase.VERIFYING,
+        CopyState.FAILED: Phase.FAILED,
+    }
+    for state, phase in cases.items():
+        assert machine.copy_decision(CopyProgress(state=state), 0, 10)[0] is phase
+    assert machine.copy_decision(CopyProgress(state=CopyState.RUNNING), 11, 10)[0] is Phase.FAILED
