@@ -14,7 +14,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from flipserve import __version__
 from flipserve.errors import ConfigError, FlipserveError, RefError
@@ -214,21 +214,19 @@ def _add_server(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _feedback_sink(settings: Settings) -> Callable[[list[dict[str, str]]], object] | None:
-    """The store's ``append_feedback`` when it has one, else a directory for a file:// root."""
+    """The store's ``append_feedback``; a plain directory sink if a file:// store cannot open."""
+    from flipserve.store import Store
+
     try:
-        from flipserve import store  # type: ignore[attr-defined, unused-ignore]
+        return Store.open(settings).append_feedback
+    except FlipserveError as e:
+        if not settings.store_uri.startswith("file://"):
+            print(f"flipserve serve: feedback disabled: {e}", file=sys.stderr)
+            return None
+    from flipserve.server.feedback import DirectoryFeedbackSink
 
-        append = store.open_store(settings).append_feedback  # type: ignore[attr-defined, unused-ignore]
-    except (ImportError, AttributeError, FlipserveError):
-        append = None
-    if append is not None:
-        return cast(Callable[[list[dict[str, str]]], object], append)
-    if settings.store_uri.startswith("file://"):
-        from flipserve.server.feedback import DirectoryFeedbackSink
-
-        root = Path(settings.store_uri.removeprefix("file://"))
-        return DirectoryFeedbackSink(root, settings.feedback_prefix)
-    return None
+    root = Path(settings.store_uri.removeprefix("file://"))
+    return DirectoryFeedbackSink(root, settings.feedback_prefix)
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
