@@ -49,14 +49,16 @@ MLSERVER_VENV = CACHE / "mlserver" / "venv"
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
 def summary(latencies: list[float], items: int, seconds: float, errors: int) -> dict[str, Any]:
+    p50 = round(1000 * percentile(latencies, 0.5), 3) if latencies else None
+    p99 = round(1000 * percentile(latencies, 0.99), 3) if latencies else None
     return {
         "throughput_rps": round(items / seconds, 2),
-        "p50_ms": round(1000 * percentile(latencies, 0.5), 3),
-        "p99_ms": round(1000 * percentile(latencies, 0.99), 3),
+        "p50_ms": p50,
+        "p99_ms": p99,
         "requests": items,
         "errors": errors,
     }
@@ -327,6 +329,7 @@ def main() -> None:
     model_dir = volume / "model"
     threads = str(args.threads)
 
+    load_before = os.getloadavg()
     print("raw ...", flush=True)
     results: dict[str, Any] = {"raw": raw(model_dir, texts, args)}
     rss_inproc = inprocess_rss_mb(model_dir, args.threads)
@@ -378,6 +381,7 @@ def main() -> None:
         {
             "command": "python bench/serve.py " + " ".join(sys.argv[1:]),
             "cores": os.cpu_count(),
+            "loadavg_1m_start_end": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
             "torch_threads": args.threads,
             "duration_s_per_point": args.duration,
             "note": (

@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     shutdown_grace_s: int = 30
     """On SIGTERM, how long in-flight requests get to finish."""
     length_grouping: bool = True
+    access_log: bool = False
+    """One log line per request (uvicorn's access log); off by default, it costs throughput."""
     """Group queued texts of similar length into the same forward pass (less padding)."""
 
     # --- drift (drift.py) --------------------------------------------------

@@ -59,10 +59,16 @@ def configure_torch(threads: int) -> int:
 class _RESTServer(RESTServer):  # type: ignore[misc]
     """KServe's REST server on a chosen host (KServe's own binds 0.0.0.0)."""
 
-    def __init__(self, host: str, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, host: str, access_log: bool, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.config.host = host
+        self.config.access_log = access_log
         self._server = uvicorn.Server(self.config)
+
+    def _add_middlewares(self, app: Any) -> None:
+        # KServe's TimingMiddleware logs two trace lines per request; flipserve's
+        # middleware already records latency by endpoint and status in Prometheus.
+        pass
 
     def _add_exception_handlers(self, app: Any) -> None:
         super()._add_exception_handlers(app)
@@ -98,6 +104,7 @@ class FlipserveServer(kserve.ModelServer):  # type: ignore[misc]
         install(kserve.model_server.app, model)
         rest = _RESTServer(
             self.settings.host,
+            self.settings.access_log,
             "kserve.model_server:app",
             self.dataplane,
             self.model_repository_extension,
