@@ -78,9 +78,10 @@ class Harness:
             "FLIPSERVE_KUBE_CA_PATH": str(self.cp.pki / "ca.crt"),
             "FLIPSERVE_NAMESPACE": self.ns,
             "FLIPSERVE_RELEASE": RELEASE,
-            "FLIPSERVE_CONTROLLER_INTERVAL_S": "1",
+            "FLIPSERVE_CONTROLLER_INTERVAL_S": "0.5",
             "FLIPSERVE_CONTROLLER_LEASE_S": "3",
             "FLIPSERVE_OBSERVE_SECONDS": "2",
+            "FLIPSERVE_SCORE_METRIC": "accuracy",  # the stub's quality is its accuracy
             "FLIPSERVE_EVAL_SET_PATH": str(self.tmp / "eval.jsonl"),
             "FLIPSERVE_SERVICE_URLS": json.dumps(
                 {"api": self.api.url, "preview": self.preview.url}
@@ -192,7 +193,7 @@ class Harness:
 def h(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> Iterator[Harness]:
     control_plane.helm(
         "install", RELEASE, str(REPO / "charts" / "flipserve"), "-n", namespace,
-        "--set", "minio.enabled=false", "--set", "ingress.enabled=false",
+        "--set", "ingress.enabled=false",
         "--set", "api.replicaCount=2",
     )  # fmt: skip
     (tmp_path / "eval.jsonl").write_text(eval_set())
