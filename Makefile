@@ -78,9 +78,132 @@ test-unit: setup ## Unit tests only (no I/O)
 test: setup tools lint ## Everything CI runs: lint, type check, unit and integration tests
 	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS)
 
+##@ Chart and manifests
+
+CHART := charts/flipserve
+# The chart is checked against a fixed Kubernetes version, so that lint and
+# rendering do not depend on which helm build (or cluster) runs them.
+KUBE_VERSION := v1.34.0
+# helm from PATH, else the one the control plane's build makes (cached).
+# Not exported: evaluating it may build, so only the recipes that use it do.
+HELM ?= $(or $(shell command -v helm 2>/dev/null),$(shell hack/controlplane/build.sh)/helm)
+
+.PHONY: chart-lint
+chart-lint: ## helm lint --strict the chart with every ci/*-values.yaml
+	@for f in $(CHART)/ci/*-values.yaml; do \
+	  echo "==> helm lint $$f"; \
+	  $(HELM) lint --strict --quiet $(CHART) -f $$f --kube-version $(KUBE_VERSION); \
+	done
+
+.PHONY: manifests
+manifests: ## Render manifests/ from the chart (for kubectl-only users)
+	HELM=$(HELM) hack/render-manifests.sh manifests
+
+.PHONY: verify-manifests
+verify-manifests: ## Fail when manifests/ differ from what the chart renders
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  HELM=$(HELM) hack/render-manifests.sh "$$tmp" && \
+	  for f in crds.yaml flipserve.yaml; do \
+	    diff -u manifests/$$f "$$tmp/$$f" || { \
+	      echo "manifests/$$f is stale: run 'make manifests' and commit the result" >&2; exit 1; }; \
+	  done && echo "manifests/ match the chart"
+
+##@ Cluster
+
+# kind (default) or minikube.
+CLUSTER ?= kind
+CLUSTER_NAME ?= flipserve
+NAMESPACE ?= flipserve
+RELEASE ?= flipserve
+IMAGE ?= flipserve
+IMAGE_TAG ?= dev
+INGRESS_NGINX_VERSION ?= controller-v1.12.1
+INGRESS_NGINX_KIND := https://raw.githubusercontent.com/kubernetes/ingress-nginx/$(INGRESS_NGINX_VERSION)/deploy/static/provider/kind/deploy.yaml
+# Where the Ingress answers: kind maps it to localhost, Minikube to its VM's IP.
+INGRESS_HOST ?= $(if $(filter minikube,$(CLUSTER)),$(shell minikube -p $(CLUSTER_NAME) ip 2>/dev/null),localhost)
+REF ?= model_refs/model.json
+TEXT ?= I love this!
+DEPLOY_ARGS ?=
+# The first model: trained from model_refs/dataset.json and published to the
+# cluster's MinIO (through a port-forward), which writes $(REF).
+SEED_CMD ?= $(FLIPSERVE) train --publish
+MINIO_LOCAL_PORT ?= 19000
+# flipserve commands run here talk to the cluster through the current kubeconfig.
+CLUSTER_ENV := FLIPSERVE_NAMESPACE=$(NAMESPACE) FLIPSERVE_RELEASE=$(RELEASE)
+
+.PHONY: cluster
+cluster: ## Create a local cluster with ingress-nginx (CLUSTER=kind|minikube)
+ifeq ($(CLUSTER),minikube)
+	minikube status -p $(CLUSTER_NAME) >/dev/null 2>&1 || \
+	  minikube start -p $(CLUSTER_NAME) --cpus 4 --memory 8g --addons ingress
+	minikube -p $(CLUSTER_NAME) addons enable ingress
+	kubectl -n ingress-nginx wait --for=condition=ready pod \
+	  -l app.kubernetes.io/component=controller --timeout=300s
+else
+	kind get clusters 2>/dev/null | grep -qx $(CLUSTER_NAME) || \
+	  kind create cluster --name $(CLUSTER_NAME) --config kind-config.yaml --wait 120s
+	kubectl apply -f $(INGRESS_NGINX_KIND)
+	kubectl -n ingress-nginx wait --for=condition=ready pod \
+	  -l app.kubernetes.io/component=controller --timeout=300s
+endif
+
+.PHONY: images
+images: ## Build the flipserve image and load it into the cluster
+	docker build -t $(IMAGE):$(IMAGE_TAG) .
+ifeq ($(CLUSTER),minikube)
+	minikube -p $(CLUSTER_NAME) image load $(IMAGE):$(IMAGE_TAG)
+else
+	kind load docker-image --name $(CLUSTER_NAME) $(IMAGE):$(IMAGE_TAG)
+endif
+
+.PHONY: deploy
+deploy: ## helm upgrade --install the chart (the API turns ready after `make seed`)
+	$(HELM) upgrade --install $(RELEASE) $(CHART) -n $(NAMESPACE) --create-namespace \
+	  --set image.repository=$(IMAGE) --set image.tag=$(IMAGE_TAG) $(DEPLOY_ARGS)
+	kubectl -n $(NAMESPACE) rollout status deploy/$(RELEASE)-minio --timeout=300s
+	kubectl -n $(NAMESPACE) rollout status deploy/$(RELEASE)-controller --timeout=300s
+
+.PHONY: seed
+seed: setup ## Publish the first model to the cluster's MinIO and promote it
+	@set -m; kubectl -n $(NAMESPACE) port-forward svc/$(RELEASE)-minio $(MINIO_LOCAL_PORT):9000 >/dev/null & \
+	  pf=$$!; trap 'kill $$pf' EXIT; sleep 3; \
+	  secret() { kubectl -n $(NAMESPACE) get secret $(RELEASE)-store -o jsonpath="{.data.$$1}" | base64 -d; }; \
+	  FLIPSERVE_STORE_URI=s3://flipserve FLIPSERVE_S3_ENDPOINT_URL=http://127.0.0.1:$(MINIO_LOCAL_PORT) \
+	  FLIPSERVE_S3_ACCESS_KEY_ID=$$(secret accessKeyId) FLIPSERVE_S3_SECRET_ACCESS_KEY=$$(secret secretAccessKey) \
+	  $(SEED_CMD)
+	$(MAKE) promote REF=$(REF)
+
+.PHONY: promote
+promote: setup ## Promote a model ref through copy, gates and switch (REF=model_refs/model.json)
+	$(CLUSTER_ENV) $(FLIPSERVE) promote --kube $(REF)
+
+.PHONY: rollback
+rollback: setup ## Flip the API back to the previous colour (no copy)
+	$(CLUSTER_ENV) $(FLIPSERVE) rollback --kube
+
+.PHONY: status
+status: setup ## Active colour, model version and the promotion history
+	$(CLUSTER_ENV) $(FLIPSERVE) status --kube
+	kubectl -n $(NAMESPACE) get promotions
+
+.PHONY: predict
+predict: export TEXT := $(TEXT)
+predict: ## Call the model through the ingress (TEXT="...")
+	@curl -fsS -X POST http://$(INGRESS_HOST)/predict -H 'Content-Type: application/json' \
+	  -d "$$(python3 -c 'import json,os; print(json.dumps({"text": os.environ["TEXT"]}))')"; echo
+
+.PHONY: down
+down: ## Delete the local cluster
+ifeq ($(CLUSTER),minikube)
+	minikube delete -p $(CLUSTER_NAME)
+else
+	kind delete cluster --name $(CLUSTER_NAME)
+endif
+
 ##@ Local control plane
 
-CLUSTER_STATE := $(CACHE)/controlplane/local
+# one cluster per checkout, so two clones (or two people on one machine) never share one
+CLUSTER_STATE := $(CACHE)/controlplane/local/$(shell printf %s "$(CURDIR)" | sha256sum | cut -c1-12)
 
 .PHONY: cluster-local
 cluster-local: setup tools ## Start etcd, kube-apiserver, controllers, scheduler, KWOK on 127.0.0.1 in the background; prints `export KUBECONFIG=...`

@@ -37,6 +37,7 @@ def _cold_build_seconds(bin_dir: Path) -> float | None:
 
 def measure(runs: int) -> dict[str, object]:
     bin_dir = build_binaries()
+    load_before = os.getloadavg()[0]
     starts = []
     for _ in range(runs):
         cluster = ControlPlane(bin_dir).start()
@@ -47,6 +48,7 @@ def measure(runs: int) -> dict[str, object]:
     return {
         "command": "python -m bench.controlplane " + " ".join(sys.argv[1:]),
         "cores": os.cpu_count(),
+        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "runs": runs,
         "warm_start_seconds": warm,
         "warm_start_goal_seconds": GOAL_SECONDS,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -19,10 +20,12 @@ from tests.controlplane.cluster import REPO, ControlPlane, build_binaries
 
 
 def _default_state_dir() -> Path:
+    """Where ``up`` keeps its pid, state and log: per checkout, as the Makefile does."""
     cache = os.environ.get("FLIPSERVE_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "flipserve"
     )
-    return Path(cache) / "controlplane" / "local"
+    checkout = hashlib.sha256(str(REPO).encode()).hexdigest()[:12]
+    return Path(cache) / "controlplane" / "local" / checkout
 
 
 def _exports(state: dict[str, Any]) -> str:

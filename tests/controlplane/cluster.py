@@ -43,6 +43,10 @@ class ControlPlaneError(RuntimeError):
     """The control plane could not be built, started or reached; the message says why."""
 
 
+class PortTaken(ControlPlaneError):
+    """A component found its free port taken by someone else before it could bind it."""
+
+
 class CommandFailed(RuntimeError):
     """kubectl or helm exited non-zero; carries the command's output."""
 
@@ -175,7 +179,17 @@ class ControlPlane:
 
     # lifecycle ---------------------------------------------------------------------------
 
-    def start(self, timeout: float = 90) -> ControlPlane:
+    def start(self, timeout: float = 90, attempts: int = 3) -> ControlPlane:
+        """Start everything; a port taken between picking and binding it means a retry."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._start_once(timeout)
+            except PortTaken:
+                if attempt == attempts:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> ControlPlane:
         began = time.monotonic()
         deadline = began + timeout
 
@@ -278,6 +292,27 @@ class ControlPlane:
             time.sleep(0.2)
         return name
 
+    def kubeconfig_for(self, namespace: str, service_account: str, duration: str = "2h") -> Path:
+        """A kubeconfig that authenticates as a ServiceAccount (a bound token), for RBAC tests.
+
+        The ServiceAccount must exist; its token comes from the TokenRequest API.
+        """
+        token = self.kubectl(
+            "create", "token", service_account, "-n", namespace, f"--duration={duration}"
+        ).stdout.strip()
+        user = f"system:serviceaccount:{namespace}:{service_account}"
+        config = kubeconfig(self.server, self.pki, "admin")
+        config["users"] = [{"name": user, "user": {"token": token}}]
+        config["contexts"][0]["context"] = {
+            "cluster": "flipserve-local",
+            "user": user,
+            "namespace": namespace,
+        }
+        path = self.root / "kubeconfigs" / f"{namespace}.{service_account}.kubeconfig"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(config, indent=2))
+        return path
+
     # steps of start() ---------------------------------------------------------------------
 
     def _spawn(self, name: str, *args: str) -> Component:
@@ -296,11 +331,14 @@ class ControlPlane:
         return component
 
     def check_alive(self) -> None:
+        """Raise, with the last lines of its log, if any component has exited."""
         for component in self.components:
             if component.process.poll() is not None:
-                raise ControlPlaneError(
+                tail = component.tail()
+                error = PortTaken if "address already in use" in tail else ControlPlaneError
+                raise error(
                     f"{component.name} exited with {component.process.returncode}; "
-                    f"last lines of {component.log}:\n{component.tail()}"
+                    f"last lines of {component.log}:\n{tail}"
                 )
 
     def _wait(self, what: str, ready: Any, deadline: float) -> None:
@@ -379,8 +417,6 @@ class ControlPlane:
             f"--root-ca-file={pki / 'ca.crt'}",
             f"--service-account-private-key-file={pki / 'sa.key'}",
             f"--controllers={CONTROLLERS}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--concurrent-gc-syncs=5",
         )
         self._spawn(
             "kube-scheduler",
@@ -393,10 +429,10 @@ class ControlPlane:
             f"--kubeconfig={self.kubeconfig}",
             f"--config={KWOK_STAGES}",
             "--manage-all-nodes=true",
-            "--cidr=10.244.0.1/16",
-            # Heartbeat through node Leases: KWOK's status heartbeat comes every ~55 s,
-            # past the node lifecycle controller's 50 s grace, so nodes flapped NotReady
-            # and their pods lost Ready for good (a Deployment never became available).
+            "--cidr=10.244.0.1/16",  # KWOK's default /24 runs out of pod IPs at 254
+            # Heartbeat through node Leases: without them KWOK renews node status about
+            # every 55 s, past the node lifecycle controller's 50 s grace, so nodes flap
+            # NotReady and their pods lose Ready for good.
             "--node-lease-duration-seconds=40",
         )
 

@@ -25,7 +25,7 @@ STORAGE_CLASS_OBJECT = {
     "provisioner": PROVISIONER,
     "reclaimPolicy": "Delete",
     "volumeBindingMode": "Immediate",
-    "allowVolumeExpansion": True,
+    "allowVolumeExpansion": False,  # no resizer answers; refuse instead of hanging
 }
 
 

@@ -23,9 +23,12 @@ def control_plane() -> Iterator[ControlPlane]:
     try:
         cluster = ControlPlane(build_binaries()).start()
     except ControlPlaneError as e:
-        pytest.fail(f"the local control plane did not start: {e}", pytrace=False)
-    yield cluster
-    cluster.stop()
+        reason = str(e)
+    else:
+        yield cluster
+        cluster.stop()
+        return
+    pytest.fail(f"the local control plane did not start: {reason}", pytrace=False)
 
 
 @pytest.fixture

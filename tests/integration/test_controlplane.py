@@ -6,9 +6,12 @@ would fail against a mock API or a cluster missing a controller.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import socket
 import ssl
 import stat
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.controlplane import CommandFailed, ControlPlane, ControlPlaneError
+from tests.controlplane import CommandFailed, ControlPlane, ControlPlaneError, free_port
+from tests.controlplane import cluster as cluster_module
 
 pytestmark = [pytest.mark.integration, pytest.mark.controlplane]
 
@@ -238,8 +242,6 @@ def test_helm_test_fails_when_the_hook_pod_fails(
 
 
 def test_kubectl_and_helm_from_env_reach_the_cluster(control_plane: ControlPlane) -> None:
-    import subprocess
-
     env = control_plane.env
     version = subprocess.run(
         ["kubectl", "version", "-o", "json"], env=env, capture_output=True, text=True, check=True
@@ -279,3 +281,65 @@ def test_start_fails_with_the_reason_and_leaves_nothing_behind(tmp_path: Path) -
 
     assert not cluster.root.exists()
     assert cluster.components == []
+
+
+def test_start_retries_when_a_picked_port_is_taken_before_binding(
+    control_plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    picks = iter([taken])
+    monkeypatch.setattr(cluster_module, "free_port", lambda: next(picks, free_port()))
+
+    with squatter, ControlPlane(control_plane.bin_dir, nodes=1) as cluster:
+        assert f":{taken}" not in cluster.etcd_url
+        assert cluster.kubectl("get", "nodes").returncode == 0
+
+
+def test_kubeconfig_for_a_service_account_is_held_to_its_rbac(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    cp = control_plane
+    cp.kubectl("create", "serviceaccount", "controller", "-n", namespace)
+    as_controller = str(cp.kubeconfig_for(namespace, "controller"))
+
+    denied = cp.kubectl("--kubeconfig", as_controller, "get", "deployments", check=False)
+    assert denied.returncode != 0
+    assert "forbidden" in denied.stderr
+
+    cp.kubectl(
+        "create",
+        "rolebinding",
+        "controller-edit",
+        "--clusterrole=edit",
+        f"--serviceaccount={namespace}:controller",
+        "-n",
+        namespace,
+    )
+    deadline = time.monotonic() + 10
+    while (
+        allowed := cp.kubectl("--kubeconfig", as_controller, "get", "deployments", check=False)
+    ).returncode != 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert allowed.returncode == 0, allowed.stderr
+    other = cp.kubectl("--kubeconfig", as_controller, "get", "pods", "-n", "default", check=False)
+    assert "forbidden" in other.stderr  # the binding is namespaced
+
+
+def test_every_node_heartbeats_through_a_lease(control_plane: ControlPlane) -> None:
+    # Without leases KWOK's status heartbeat is slower than the node lifecycle
+    # controller's grace period: nodes would flap NotReady mid-session.
+    leases = json.loads(
+        control_plane.kubectl("get", "leases", "-n", "kube-node-lease", "-o", "json").stdout
+    )["items"]
+    nodes = json.loads(control_plane.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+
+    assert {lease["metadata"]["name"] for lease in leases} == {
+        node["metadata"]["name"] for node in nodes
+    }
+    now = dt.datetime.now(dt.UTC)
+    for lease in leases:
+        renewed = dt.datetime.fromisoformat(lease["spec"]["renewTime"].replace("Z", "+00:00"))
+        assert (now - renewed).total_seconds() < lease["spec"]["leaseDurationSeconds"]

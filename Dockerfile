@@ -1,0 +1,61 @@
+# syntax=docker/dockerfile:1.7
+# The one flipserve image: every role runs it (`flipserve serve | copy |
+# controller | train`; the chart picks the role with `args`).
+#
+# CPU-only torch: the lock pins torch from PyPI, whose Linux wheel pulls ~3 GB
+# of CUDA libraries. The build installs the same torch version from the
+# PyTorch CPU wheel index instead (https://download.pytorch.org/whl/cpu; the
+# build needs to reach it) and the rest of the lock without the CUDA packages.
+
+ARG PYTHON_VERSION=3.11
+
+FROM python:${PYTHON_VERSION}-slim-bookworm AS build
+ARG UV_VERSION=0.13.9
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ENV UV_LINK_MODE=copy UV_COMPILE_BYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN pip install --no-cache-dir uv==${UV_VERSION} && python -m venv /opt/flipserve
+WORKDIR /src
+COPY requirements/lock.txt requirements/lock.txt
+# Dependencies first, in their own layer: they change far less than the code.
+RUN --mount=type=cache,target=/root/.cache/uv \
+    grep -vE '^(torch|triton|nvidia-[a-z0-9-]+|cuda-[a-z-]+)==' requirements/lock.txt > /tmp/lock-cpu.txt \
+ && uv pip install --python /opt/flipserve/bin/python --index-url "${TORCH_INDEX}" \
+      "$(grep -E '^torch==' requirements/lock.txt)" \
+ && uv pip install --python /opt/flipserve/bin/python --no-deps -r /tmp/lock-cpu.txt
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv pip install --python /opt/flipserve/bin/python --no-deps . \
+ && /opt/flipserve/bin/flipserve --version
+# Tests and C headers shipped inside wheels are dead weight at run time.
+RUN find /opt/flipserve -depth -type d \( -name tests -o -name test \) -path '*/site-packages/*' \
+      -not -path '*/torch/*' -exec rm -rf {} + \
+ && find /opt/flipserve -name '*.h' -path '*/include/*' -delete
+
+FROM python:${PYTHON_VERSION}-slim-bookworm
+LABEL org.opencontainers.image.title="flipserve" \
+      org.opencontainers.image.description="Blue/green serving for transformer text models" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# The uid/gid the chart's securityContext runs as (runAsUser/fsGroup 10001).
+RUN groupadd --system --gid 10001 flipserve \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --shell /usr/sbin/nologin flipserve
+COPY --from=build /opt/flipserve /opt/flipserve
+# The root filesystem is read-only in the cluster: everything that writes goes
+# to /tmp (an emptyDir there), and nothing is fetched from the Hub.
+ENV PATH=/opt/flipserve/bin:${PATH} \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    HF_HOME=/tmp/huggingface \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    TOKENIZERS_PARALLELISM=false \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    FLIPSERVE_CACHE_DIR=/tmp/flipserve \
+    FLIPSERVE_MODEL_DIR=/mnt/models \
+    FLIPSERVE_HTTP_PORT=8080
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 8080
+ENTRYPOINT ["flipserve"]
+CMD ["serve"]
