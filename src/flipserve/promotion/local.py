@@ -411,3 +411,27 @@ def _terminate(pid: int, grace: float = 10.0) -> None:
             os.kill(pid, signal.SIGKILL)
             break
         time.sleep(0.05)
+
+
+def embedding_drift(platform: LocalPlatform) -> Callable[[Colour, list[str]], float]:
+    """A drift function for the gate: embed with the colour's own model, KS vs its reference.
+
+    Per-dimension two-sample KS tests with a Bonferroni correction (what
+    alibi-detect's ``KSDrift`` does); flipserve.drift's detectors replace
+    this once they land.
+    """
+
+    def drift(colour: Colour, texts: list[str]) -> float:
+        import numpy as np
+        from scipy.stats import ks_2samp
+
+        from flipserve.modeling import TextClassifier
+
+        model_dir = platform.volume(colour) / artifact.MODEL_SUBDIR
+        reference = np.load(model_dir / "drift" / "reference.npy")
+        sample = TextClassifier.load(model_dir).embed(texts)
+        dims = reference.shape[1]
+        p_min = min(float(ks_2samp(reference[:, i], sample[:, i]).pvalue) for i in range(dims))
+        return float(min(1.0, p_min * dims))
+
+    return drift
