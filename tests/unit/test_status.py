@@ -43,4 +43,4 @@ def test_a_bad_model_ref_is_one_clear_error_naming_the_file(
 def test_colours_flip_and_terminal_phases_are_exactly_three() -> None:
     assert Colour.BLUE.other is Colour.GREEN and Colour.GREEN.other is Colour.BLUE
     assert {p for p in Phase if p.terminal} == TERMINAL
-    assert TERMINAL == {Phase.PROMOTED, Phase.FAILED, Phase.ROLLED_BACK}
+    assert {Phase.PROMOTED, Phase.FAILED, Phase.ROLLED_BACK} == TERMINAL
