@@ -23,12 +23,16 @@ class Follower:
         self._gates = 0
 
     def __call__(self, status: PromotionStatus) -> None:
-        for gate in status.gates[self._gates :]:
+        new_gates = status.gates[self._gates :]
+        for gate in new_gates:
             mark = "[green]pass[/]" if gate.passed else "[red]FAIL[/]"
             self.console.print(f"    gate {gate.name:<8} {mark}  {gate.detail}")
         self._gates = len(status.gates)
         now = (status.phase.value, status.reason)
-        if now != self._last:
+        same_phase = now[0] == self._last[0]
+        if new_gates and same_phase:  # the reason only repeats the gate just printed
+            self._last = now
+        elif now != self._last:
             self._last = now
             style = _STYLE.get(status.phase, "cyan")
             self.console.print(f"  [{style}]{status.phase.value:<10}[/] {status.reason}")

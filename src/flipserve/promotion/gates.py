@@ -46,7 +46,10 @@ def score_verdict(
     value = candidate[metric]
     if metric not in production:
         return GateResult(
-            name="score", passed=True, value=value, detail="no production record to beat"
+            name="score",
+            passed=True,
+            value=value,
+            detail=f"{metric} {value:.4f}; no production record to beat",
         )
     threshold = production[metric] + margin
     passed = value > threshold

@@ -62,10 +62,11 @@ class LocalPlatform:
     ) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o700)  # state.json holds the proxy's and the servers' tokens
         (self.root / "logs").mkdir(exist_ok=True)
         self.server_command = server_command
         self.server_env = dict(server_env or {})
-        self.api_token = api_token
+        self.api_token = api_token or self._local_token()
         self.python = python
         self.http = httpx.Client(timeout=10.0)
 
@@ -164,6 +165,7 @@ class LocalPlatform:
             "FLIPSERVE_HTTP_PORT": str(port),
             "FLIPSERVE_COLOUR": colour.value,
             "FLIPSERVE_MODEL_DIR": str(self.volume(colour)),
+            "FLIPSERVE_API_TOKEN": self.api_token,  # the drift gate reads /traffic/sample
         }
         cmd = self.server_command(self.volume(colour), port, colour)
         pid = self._spawn(cmd, f"server-{colour}", env)
@@ -290,6 +292,14 @@ class LocalPlatform:
 
     # --- internals --------------------------------------------------------
 
+    def _local_token(self) -> str:
+        """The bearer token of the servers this root starts, made once and kept in state."""
+        state = self.load()
+        if not state.get("api_token"):
+            state["api_token"] = secrets.token_hex(16)
+            self.save(state)
+        return str(state["api_token"])
+
     def _spawn(self, cmd: Sequence[str], name: str, env: dict[str, str] | None = None) -> int:
         log = (self.root / "logs" / f"{name}.log").open("ab")
         full_env = {**os.environ, **self.server_env, **(env or {})}
@@ -340,7 +350,7 @@ class LocalPlatform:
             return None
 
     def _server_sample(self, url: str, n: int) -> list[str] | None:
-        headers = {"Authorization": f"Bearer {self.api_token}"} if self.api_token else {}
+        headers = {"Authorization": f"Bearer {self.api_token}"}
         try:
             r = self.http.get(f"{url}/traffic/sample", params={"n": n}, headers=headers)
             if r.status_code != 200:
