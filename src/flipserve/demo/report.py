@@ -38,14 +38,21 @@ def _plots(out: Path, summary: dict[str, Any]) -> list[str]:
         plt.close(fig)
         names.append("scores.png")
     points = [p for p in summary.get("drift", []) if p[1] is not None]
+    threshold = float(summary.get("drift_threshold", 0.05))
     if points:
         fig, ax = plt.subplots(figsize=(7, 3.5))
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label="p-value")
-        alarms = [p for p in points if p[2]]
+        floor = 1e-12  # p-values of 0 still have to show on a log axis
+        ys = [max(p[1], floor) for p in points]
+        ax.plot([p[0] for p in points], ys, marker=".", label="p-value")
+        alarms = [(p[0], y) for p, y in zip(points, ys, strict=True) if p[2]]
         if alarms:
-            ax.scatter([p[0] for p in alarms], [p[1] for p in alarms], color="red", label="drift")
-        ax.axhline(0.05, color="grey", linestyle="--", label="threshold")
-        ax.set_yscale("symlog", linthresh=1e-3)
+            xs, alarm_ys = [a[0] for a in alarms], [a[1] for a in alarms]
+            ax.scatter(xs, alarm_ys, color="red", label="drift", zorder=3)
+        ax.axhline(threshold, color="grey", linestyle="--", label="threshold")
+        for t, label in summary.get("events", []):
+            ax.axvline(t, color="black", alpha=0.3)
+            ax.annotate(label, (t, 1.0), rotation=90, fontsize=7, va="top")
+        ax.set_yscale("log")
         ax.set_xlabel("seconds")
         ax.set_ylabel("drift p-value (GET /drift)")
         ax.legend()

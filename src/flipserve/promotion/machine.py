@@ -107,7 +107,7 @@ def observe_decision(
     """(Promoted | None to keep watching, reason); a breach is reported by ``observe_breach``."""
     if elapsed >= spec.observe_seconds:
         return Phase.PROMOTED, f"observed {elapsed:.0f}s without a breach"
-    return None, f"observing ({elapsed:.0f}/{spec.observe_seconds:.0f}s)"
+    return None, f"observing for {spec.observe_seconds:.0f}s"
 
 
 def rollback_target(active: ActiveModel | None, standby_ready: bool) -> Colour:
