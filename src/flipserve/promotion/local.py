@@ -115,8 +115,10 @@ class LocalPlatform:
         if state.get("active") == colour.value:
             raise PromotionError(f"refusing to copy into {colour}: it is the active colour")
         job = state["copies"].get(colour.value)
-        if job and job["digest"] == target.digest and _alive(job["pid"]):
-            return
+        if job and _alive(job["pid"]):
+            if job["digest"] == target.digest:
+                return
+            _terminate(job["pid"])  # a leftover copy of another target must not race this one
         self._stop_server(state, colour)  # a standby must not read a volume being rewritten
         cmd = [self.python, "-m", "flipserve", "copy", "--uri", target.uri]
         cmd += ["--digest", target.digest, "--version", target.version]

@@ -9,6 +9,7 @@ promotion) and appends it to the history that ``flipserve status`` shows.
 from __future__ import annotations
 
 import fcntl
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,11 +19,12 @@ from pathlib import Path
 from flipserve.errors import PromotionError
 from flipserve.promotion.gates import GateRunner
 from flipserve.promotion.local import LocalPlatform
-from flipserve.promotion.machine import admission, reconcile, rollback_target
+from flipserve.promotion.machine import abort, admission, reconcile, rollback_target
 from flipserve.promotion.platform import Platform
 from flipserve.promotion.status import Colour, PromotionSpec, PromotionStatus
 
 OnStep = Callable[[PromotionStatus], None]
+log = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
@@ -37,11 +39,23 @@ def drive(
     status: PromotionStatus | None = None,
     on_step: OnStep | None = None,
     poll_seconds: float = 0.25,
+    retries: int = 5,
 ) -> PromotionStatus:
     """Reconcile until the promotion is done; ``on_step`` sees (and may persist) each status."""
     status = status or PromotionStatus()
+    errors = 0
     while not status.done:
-        new = reconcile(spec, status, platform, gates, utcnow())
+        try:
+            new = reconcile(spec, status, platform, gates, utcnow())
+            errors = 0
+        except Exception as e:  # top of the loop: a step that raised is retried, then given up
+            errors += 1
+            log.warning("promotion step in %s failed (%d/%d): %r", status.phase, errors, retries, e)
+            if errors < retries:
+                time.sleep(poll_seconds * 4 * errors)
+                continue
+            new = abort(status, platform, utcnow(), f"{type(e).__name__}: {e}")
+            errors = 0
         if on_step is not None:
             on_step(new)
         if new.phase == status.phase and new.reason == status.reason:
