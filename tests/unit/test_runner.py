@@ -24,7 +24,7 @@ def test_a_step_that_keeps_failing_fails_the_promotion_without_switching() -> No
 def test_drive_reports_every_step() -> None:
     seen: list[Phase] = []
     runner.drive(
-        _spec(),
+        _spec(observe_seconds=0.1),
         FakePlatform(),
         FakeGates(),
         poll_seconds=0.0,
