@@ -48,7 +48,7 @@ class HttpProbe:
 
     def __init__(self, settings: Settings, timeout: float = 30.0) -> None:
         self.model_name = settings.model_name
-        self.eval_set = settings.eval_set_path
+        self.eval_set = settings.heldout_path
         token = settings.api_token.get_secret_value() if settings.api_token else None
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(timeout=timeout, headers=headers)
@@ -79,7 +79,7 @@ class HttpProbe:
 
     def score(self, preview_url: str) -> dict[str, float]:
         if self.eval_set is None:
-            raise TemporaryError("no held-out set configured (FLIPSERVE_EVAL_SET_PATH)", 30.0)
+            raise TemporaryError("no held-out set configured (FLIPSERVE_HELDOUT_PATH)", 30.0)
         texts, labels = read_eval_set(self.eval_set)
         body = self._call("POST", f"{preview_url}/predict", json={"instances": texts}).json()
         return g.classification_scores(labels, g.labels_from_response(body))

@@ -82,7 +82,7 @@ class Harness:
             "FLIPSERVE_CONTROLLER_LEASE_S": "3",
             "FLIPSERVE_OBSERVE_SECONDS": "2",
             "FLIPSERVE_SCORE_METRIC": "accuracy",  # the stub's quality is its accuracy
-            "FLIPSERVE_EVAL_SET_PATH": str(self.tmp / "eval.jsonl"),
+            "FLIPSERVE_HELDOUT_PATH": str(self.tmp / "eval.jsonl"),
             "FLIPSERVE_SERVICE_URLS": json.dumps(
                 {"api": self.api.url, "preview": self.preview.url}
             ),
