@@ -245,3 +245,17 @@ cluster-local-down: ## Stop the local control plane and remove its files
 .PHONY: bench-controlplane
 bench-controlplane: setup tools ## Measure the local control plane's warm start (bench/results/controlplane.json)
 	$(PY) -m bench.controlplane --runs 5
+
+##@ Controller
+
+.PHONY: controller
+controller: setup ## Run the Promotion controller against the current kubeconfig (FLIPSERVE_NAMESPACE, FLIPSERVE_RELEASE)
+	$(FLIPSERVE) controller
+
+.PHONY: test-controller
+test-controller: setup tools ## The controller's integration tests against the local control plane (~7 min)
+	$(PY) -m pytest tests/integration/test_controller.py $(PYTEST_ARGS)
+
+.PHONY: bench-rollout-kube
+bench-rollout-kube: setup tools ## Promotion wall time and API calls on the local control plane -> bench/results/rollout.json (controlplane key)
+	nice $(PY) -m bench.rollout_kube
