@@ -27,11 +27,14 @@ import sys
 import tempfile
 import time
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 from tests.controlplane import ControlPlane, build_binaries
 from tests.integration.controller_support import Harness, model, release
+
+from flipserve.promotion import Phase
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rollout.json"
 _CALLS = re.compile(r"promotion (\S+): \S+ → (\S+): .*\(api_calls=(\d+)\)")
@@ -58,8 +61,9 @@ def _one_run(cp: ControlPlane, interval: str) -> dict[str, Any]:
         seconds = time.monotonic() - began
         calls = _calls_at(h, "v2", "Promoted") - before
     cp.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-    times = sorted((t, p) for p, t in status["phaseTimestamps"].items())
-    phases = {p: round(_ts(times[i + 1][0]) - _ts(t), 2) for i, (t, p) in enumerate(times[:-1])}
+    entered = status["phaseTimestamps"]
+    order = [p.value for p in Phase if p.value in entered]  # the machine's order
+    phases = {p: round(_ts(entered[n]) - _ts(entered[p]), 2) for p, n in pairwise(order)}
     return {
         "interval_s": float(interval),
         "promotion_seconds": round(seconds, 2),
