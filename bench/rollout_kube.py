@@ -41,10 +41,14 @@ _CALLS = re.compile(r"promotion (\S+): \S+ → (\S+): .*\(api_calls=(\d+)\)")
 
 
 def _calls_at(h: Harness, name: str, phase: str) -> int:
-    for line in h.logs[-1].read_text(errors="replace").splitlines():
-        m = _CALLS.search(line)
-        if m and m.group(1) == name and m.group(2) == phase:
-            return int(m.group(3))
+    """The controller's API call count when it logged ``name`` entering ``phase``."""
+    deadline = time.monotonic() + 10  # the line follows the status patch the bench saw
+    while time.monotonic() < deadline:
+        for line in h.logs[-1].read_text(errors="replace").splitlines():
+            m = _CALLS.search(line)
+            if m and m.group(1) == name and m.group(2) == phase:
+                return int(m.group(3))
+        time.sleep(0.2)
     raise RuntimeError(f"no transition of {name} to {phase} in the controller log")
 
 
