@@ -1,15 +1,15 @@
 from flipserve.probe import observed_from_prometheus
 
 METRICS = """# HELP flipserve_requests_total requests
-flipserve_requests_total{route="/predict"} 150
-flipserve_requests_total{route="/v2"} 50
-flipserve_request_errors_total{route="/predict"} 4
+flipserve_requests_total{endpoint="/predict",status="200"} 146
+flipserve_requests_total{endpoint="/predict",status="503"} 4
+flipserve_requests_total{endpoint="/v2/health/ready",status="200"} 50
 flipserve_request_latency_seconds_bucket{le="0.01"} 100
 flipserve_request_latency_seconds_bucket{le="0.1"} 197
 flipserve_request_latency_seconds_bucket{le="0.5"} 199
 flipserve_request_latency_seconds_bucket{le="+Inf"} 200
 flipserve_drift_p_value 0.002
-flipserve_drift_detected 1
+flipserve_drift 1
 """
 
 
