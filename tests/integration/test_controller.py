@@ -127,6 +127,26 @@ def test_a_corrupt_artifact_fails_verification_before_any_switch(h: Harness) -> 
     assert len(h.events("SwitchedColour")) == 0
 
 
+def test_errors_on_the_new_colour_roll_the_api_back(h: Harness) -> None:
+    h.promoted("v1", model("v1", 0.7))
+    candidate = model("v2", 0.9)
+    h.preview.model = candidate
+    h.api.model = model("v1", 0.7, errors=30, requests=100)  # what the API reports after the flip
+    h.promote("v2", candidate)
+
+    status = h.wait("v2")
+
+    assert status["phase"] == "RolledBack"
+    assert "error rate" in status["rollbackReason"]
+    ann = h.annotations()
+    assert (ann["flipserve.dev/active-colour"], ann["flipserve.dev/model-version"]) == (
+        "blue",
+        "v1",
+    )
+    assert len(h.events("SwitchedColour")) == 2  # there and back
+    assert until_pods_on(h, BLUE) == [BLUE, BLUE]
+
+
 # --- crashes: a restarted controller finishes the promotion ---------------------------
 
 
