@@ -190,6 +190,8 @@ def release(
     cp.helm(
         "install", RELEASE, str(REPO / "charts" / "flipserve"), "-n", namespace,
         "--set", "ingress.enabled=false", "--set", "api.replicaCount=2",
+        # A failing copy fails at once instead of after the chart's retries with backoff.
+        "--set", "copyJob.backoffLimit=0",
     )  # fmt: skip
     (tmp / "eval.jsonl").write_text(eval_set())
     settings = Settings(kubeconfig=cp.kubeconfig, namespace=namespace)

@@ -147,6 +147,31 @@ def test_errors_on_the_new_colour_roll_the_api_back(h: Harness) -> None:
     assert until_pods_on(h, BLUE) == [BLUE, BLUE]
 
 
+def test_a_copy_job_that_fails_verification_fails_the_promotion_before_any_switch(
+    h: Harness,
+) -> None:
+    h.promoted("v1", model("v1", 0.7))
+    # In a cluster the copier exits 1 when a file's sha256 or the manifest digest does
+    # not match; here KWOK's chaos label makes the copy Job's pod fail the same way.
+    cm_path = h.admin.path("configmaps", f"{RELEASE}-copy-job-template")
+    template = h.admin.get(cm_path)["data"]["job.yaml"]
+    chaos = '        pod-container-running-failed.stage.kwok.x-k8s.io: "true"\n'
+    marker = '        flipserve.dev/colour: "${COLOUR}"\n'
+    assert template.count(marker) == 1  # the pod template's labels
+    h.admin.patch(cm_path, {"data": {"job.yaml": template.replace(marker, marker + chaos)}})
+    candidate = model("v2", 0.9)
+    h.preview.model = candidate
+    h.promote("v2", candidate)
+
+    status = h.wait("v2")
+
+    assert status["phase"] == "Failed"
+    assert "copy failed" in status["reason"]
+    assert "Verifying" not in status["phaseTimestamps"]
+    assert h.claim() == BLUE
+    assert h.annotations()["flipserve.dev/model-version"] == "v1"
+
+
 # --- crashes: a restarted controller finishes the promotion ---------------------------
 
 
