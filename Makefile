@@ -149,9 +149,10 @@ INGRESS_HOST ?= $(if $(filter minikube,$(CLUSTER)),$(shell minikube -p $(CLUSTER
 REF ?= model_refs/model.json
 TEXT ?= I love this!
 DEPLOY_ARGS ?=
-# The first model: trained from model_refs/dataset.json and published to the
-# cluster's MinIO (through a port-forward), which writes $(REF).
-SEED_CMD ?= $(FLIPSERVE) train --publish
+# `make publish-model` trains VERSION with TRAIN_ARGS (flipserve train) and
+# publishes it to the cluster's MinIO through a port-forward, writing REF.
+VERSION ?= v1
+TRAIN_ARGS ?= --config tiny
 MINIO_LOCAL_PORT ?= 19000
 # flipserve commands run here talk to the cluster through the current kubeconfig.
 CLUSTER_ENV := FLIPSERVE_NAMESPACE=$(NAMESPACE) FLIPSERVE_RELEASE=$(RELEASE)
@@ -181,21 +182,41 @@ else
 	kind load docker-image --name $(CLUSTER_NAME) $(IMAGE):$(IMAGE_TAG)
 endif
 
+# The score gate's held-out set: the dataset's test split as JSONL, put into a
+# ConfigMap the controller mounts (controller.evalSet.configMap).
+EVAL_SET ?= out/eval-set.jsonl
+EVAL_SET_ROWS ?= 500
+
+$(EVAL_SET): | setup
+	@mkdir -p $(dir $@)
+	$(PY) -c 'import json, sys; from flipserve.data import load_dataset; \
+	  d = load_dataset(); n = int(sys.argv[1]); \
+	  rows = zip(d.texts("test")[:n], d.labels("test")[:n]); \
+	  print("\n".join(json.dumps({"text": t, "label": l}) for t, l in rows))' $(EVAL_SET_ROWS) > $@
+
 .PHONY: deploy
-deploy: ## helm upgrade --install the chart (the API turns ready after `make seed`)
-	$(HELM) upgrade --install $(RELEASE) $(CHART) -n $(NAMESPACE) --create-namespace \
-	  --set image.repository=$(IMAGE) --set image.tag=$(IMAGE_TAG) $(DEPLOY_ARGS)
+deploy: $(EVAL_SET) ## helm upgrade --install the chart (the API turns ready after `make seed`)
+	kubectl create namespace $(NAMESPACE) --dry-run=client -o yaml | kubectl apply -f -
+	kubectl -n $(NAMESPACE) create configmap $(RELEASE)-eval-set --from-file=eval.jsonl=$(EVAL_SET) \
+	  --dry-run=client -o yaml | kubectl apply -f -
+	$(HELM) upgrade --install $(RELEASE) $(CHART) -n $(NAMESPACE) \
+	  --set image.repository=$(IMAGE) --set image.tag=$(IMAGE_TAG) \
+	  --set controller.evalSet.configMap=$(RELEASE)-eval-set $(DEPLOY_ARGS)
 	kubectl -n $(NAMESPACE) rollout status deploy/$(RELEASE)-minio --timeout=300s
 	kubectl -n $(NAMESPACE) rollout status deploy/$(RELEASE)-controller --timeout=300s
 
-.PHONY: seed
-seed: setup ## Publish the first model to the cluster's MinIO and promote it
+.PHONY: publish-model
+publish-model: setup ## Train VERSION (TRAIN_ARGS) and publish it to the cluster's MinIO, writing REF
 	@set -m; kubectl -n $(NAMESPACE) port-forward svc/$(RELEASE)-minio $(MINIO_LOCAL_PORT):9000 >/dev/null & \
 	  pf=$$!; trap 'kill $$pf' EXIT; sleep 3; \
 	  secret() { kubectl -n $(NAMESPACE) get secret $(RELEASE)-store -o jsonpath="{.data.$$1}" | base64 -d; }; \
-	  FLIPSERVE_STORE_URI=s3://flipserve FLIPSERVE_S3_ENDPOINT_URL=http://127.0.0.1:$(MINIO_LOCAL_PORT) \
-	  FLIPSERVE_S3_ACCESS_KEY_ID=$$(secret accessKeyId) FLIPSERVE_S3_SECRET_ACCESS_KEY=$$(secret secretAccessKey) \
-	  $(SEED_CMD)
+	  export FLIPSERVE_STORE_URI=s3://flipserve FLIPSERVE_S3_ENDPOINT_URL=http://127.0.0.1:$(MINIO_LOCAL_PORT); \
+	  export FLIPSERVE_S3_ACCESS_KEY_ID=$$(secret accessKeyId) FLIPSERVE_S3_SECRET_ACCESS_KEY=$$(secret secretAccessKey); \
+	  $(FLIPSERVE) train out/models/$(VERSION) --version $(VERSION) $(TRAIN_ARGS) && \
+	  $(FLIPSERVE) publish out/models/$(VERSION) --ref $(REF)
+
+.PHONY: seed
+seed: publish-model ## Publish the first model (VERSION=v1) to MinIO and promote it
 	$(MAKE) promote REF=$(REF)
 
 .PHONY: promote

@@ -123,6 +123,11 @@ def ensure_monitoring_crds(cp: ControlPlane) -> None:
 def prepare(cp: ControlPlane, ns: str, values: Path) -> None:
     if values.name == "monitoring-values.yaml":
         ensure_monitoring_crds(cp)
+        held_out = '{"text": "great", "label": "positive"}\n'
+        cp.kubectl(
+            "create", "configmap", "flipserve-eval-set", "-n", ns,
+            f"--from-literal=eval.jsonl={held_out}",
+        )  # fmt: skip
     if values.name == "existing-secrets-values.yaml":
         cp.kubectl(
             "create", "secret", "generic", "flipserve-store-creds", "-n", ns,

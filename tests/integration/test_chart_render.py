@@ -190,6 +190,23 @@ def test_controller_calls_the_services_on_their_service_port(
     assert parsed["preview"] == "http://flipserve-preview.demo.svc:80"
 
 
+def test_the_held_out_set_is_mounted_into_the_controller_only_when_given(
+    default: list[Obj],
+) -> None:
+    spec = pod_spec(find(default, "Deployment", "flipserve-controller"))
+    (controller,) = spec["containers"]
+    path = env_of(controller)["FLIPSERVE_EVAL_SET_PATH"]["value"]
+    assert path == "/etc/flipserve/eval-set/eval.jsonl"
+    mount = next(m for m in controller["volumeMounts"] if m["name"] == "eval-set")
+    assert path.startswith(mount["mountPath"] + "/") and mount["readOnly"] is True
+    volume = next(v for v in spec["volumes"] if v["name"] == "eval-set")
+    assert volume["configMap"] == {"name": "flipserve-eval-set"}
+
+    plain = pod_spec(find(render(), "Deployment", "flipserve-controller"))
+    assert "FLIPSERVE_EVAL_SET_PATH" not in env_of(plain["containers"][0])
+    assert "eval-set" not in [v["name"] for v in plain["volumes"]]
+
+
 def test_every_flipserve_env_var_is_a_settings_field(default: list[Obj]) -> None:
     fields = {f"FLIPSERVE_{name.upper()}" for name in Settings.model_fields}
     containers: list[Obj] = []
@@ -317,7 +334,12 @@ def test_monitoring_objects_exist_only_when_enabled(default: list[Obj]) -> None:
     rule = find(default, "PrometheusRule", "flipserve")
     alerts = {r["alert"]: r["expr"] for r in rule["spec"]["groups"][0]["rules"]}
     assert set(alerts) == {"FlipserveInputDrift", "FlipserveHighErrorRate"}
-    assert "flipserve_drift_p_value" in alerts["FlipserveInputDrift"]
+    # The server's metric names (server/telemetry.py).
+    assert "flipserve_drift_p_value{" in alerts["FlipserveInputDrift"]
+    assert (
+        'flipserve_requests_total{namespace="demo", service="flipserve", status=~"5.."}'
+        in (alerts["FlipserveHighErrorRate"])
+    )
     find(default, "ServiceMonitor", "flipserve")
     plain = render()
     assert not {o["kind"] for o in plain} & {"PrometheusRule", "ServiceMonitor"}
@@ -352,12 +374,24 @@ def test_schema_rejects_bad_values_naming_the_key(sets: dict[str, str], message:
     assert message in out.stderr
 
 
-def test_external_s3_without_credentials_says_which_value_is_missing() -> None:
+def test_external_s3_without_keys_leaves_credentials_to_the_default_chain() -> None:
+    objs = render(sets={"minio.enabled": "false"})
+    assert [o for o in objs if o["kind"] == "Secret"] == [
+        find(objs, "Secret", "flipserve-api-token")
+    ]
+    for name in ("flipserve", "flipserve-controller"):
+        env = env_of(pod_spec(find(objs, "Deployment", name))["containers"][0])
+        assert (
+            "FLIPSERVE_S3_ACCESS_KEY_ID" not in env and "FLIPSERVE_S3_SECRET_ACCESS_KEY" not in env
+        )
+
+
+def test_external_s3_with_half_a_key_pair_says_which_value_is_missing() -> None:
     args = ["template", "x", str(CHART), "--kube-version", KUBE_VERSION]
-    args += ["--set", "minio.enabled=false"]
+    args += ["--set", "minio.enabled=false", "--set", "store.accessKeyId=AKIA"]
     out = helm(*args, check=False)
     assert out.returncode != 0
-    assert "store.accessKeyId is required when minio.enabled is false" in out.stderr
+    assert "store.secretAccessKey is required when store.accessKeyId is set" in out.stderr
 
 
 def test_manifests_are_rendered_from_the_current_chart(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ def test_every_action_is_pinned_to_a_full_commit_sha(path: Path) -> None:
         if "uses" in step:
             assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", step["uses"]), step["uses"]
     for line in path.read_text().splitlines():
-        if "uses:" in line:
+        if re.match(r"\s*(- )?uses:", line):
             assert re.search(r"@[0-9a-f]{40} # v\d", line), f"no version comment: {line.strip()}"
 
 

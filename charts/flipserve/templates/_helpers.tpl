@@ -119,6 +119,25 @@ live object back instead of re-applying values.model.initialColour on every
 {{- end }}
 {{- end }}
 
+{{/*
+Whether the store is reached with static keys from a Secret: always with
+MinIO or store.existingSecret; with an external S3 only when
+store.accessKeyId is set. Otherwise no keys are passed and boto3 uses its
+default chain (e.g. an IAM role bound to the ServiceAccount). Non-empty means yes.
+*/}}
+{{- define "flipserve.storeHasKeys" -}}
+{{- $s := .Values.store }}
+{{- if and (not .Values.minio.enabled) (not $s.existingSecret) }}
+{{- if and $s.accessKeyId (not $s.secretAccessKey) }}
+{{- fail "store.secretAccessKey is required when store.accessKeyId is set" }}
+{{- end }}
+{{- if and $s.secretAccessKey (not $s.accessKeyId) }}
+{{- fail "store.accessKeyId is required when store.secretAccessKey is set" }}
+{{- end }}
+{{- end }}
+{{- if or .Values.minio.enabled $s.existingSecret $s.accessKeyId }}true{{ end }}
+{{- end }}
+
 {{/* Name of the Secret with the API token. */}}
 {{- define "flipserve.apiTokenSecretName" -}}
 {{- if .Values.apiToken.existingSecret }}
@@ -160,6 +179,7 @@ the release and namespace. Names are settings.py fields with FLIPSERVE_.
 {{- end }}
 - name: FLIPSERVE_S3_REGION
   value: {{ .Values.store.region | quote }}
+{{- if include "flipserve.storeHasKeys" . }}
 - name: FLIPSERVE_S3_ACCESS_KEY_ID
   valueFrom:
     secretKeyRef:
@@ -170,6 +190,7 @@ the release and namespace. Names are settings.py fields with FLIPSERVE_.
     secretKeyRef:
       name: {{ include "flipserve.storeSecretName" . }}
       key: secretAccessKey
+{{- end }}
 - name: FLIPSERVE_SHOW_PROGRESS
   value: "false"
 - name: FLIPSERVE_CACHE_DIR
