@@ -4,7 +4,8 @@
 (tests/controlplane/); ``namespace`` gives each test its own namespace in it.
 Binaries are built on first use (hack/controlplane/build.sh); if the control
 plane cannot start, every test that needs it fails with the reason, never skips.
-``s3_server`` is moto's S3 server on 127.0.0.1 with one bucket.
+``s3_server`` is moto's S3 server on 127.0.0.1 with one bucket; ``served`` a
+real model server on a READY volume (see server_support.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import secrets
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import boto3
 import pytest
@@ -21,6 +23,7 @@ from moto.server import ThreadedMotoServer
 
 from flipserve.settings import Settings
 from tests.controlplane import ControlPlane, ControlPlaneError, build_binaries
+from tests.integration.server_support import ServerProcess, build_artifact, make_volume, tweets
 
 
 @pytest.fixture(scope="session")
@@ -109,3 +112,46 @@ def s3_server() -> Iterator[S3Server]:
 def s3_settings(s3_server: S3Server) -> Settings:
     """Settings for a store under a fresh prefix of the test bucket."""
     return s3_server.settings()
+
+
+TOKEN = "test-token"
+
+
+@pytest.fixture(scope="session")
+def server_tweets() -> list[str]:
+    return tweets()
+
+
+@pytest.fixture(scope="session")
+def server_artifact(tmp_path_factory: pytest.TempPathFactory, server_tweets: list[str]) -> Path:
+    """A tiny model artifact whose drift reference is 200 tweets."""
+    dest = tmp_path_factory.mktemp("artifact") / "tiny"
+    build_artifact(dest, server_tweets[:200])
+    return dest
+
+
+@pytest.fixture(scope="session")
+def served(
+    tmp_path_factory: pytest.TempPathFactory, server_artifact: Path
+) -> Iterator[ServerProcess]:
+    """A running server on a READY blue volume, with small limits so tests can hit them."""
+    work = tmp_path_factory.mktemp("served")
+    make_volume(work / "blue", server_artifact, "tiny-1")
+    server = ServerProcess(
+        work / "blue",
+        work,
+        colour="blue",
+        api_token=TOKEN,
+        max_body_bytes=20_000,
+        max_items_per_request=16,
+        drift_window=128,
+        drift_min_samples=64,
+        drift_interval_s=0.3,
+        store_uri=f"file://{work / 'store'}",
+        torch_threads=2,
+    )
+    try:
+        server.wait_live()
+        yield server
+    finally:
+        server.stop()
