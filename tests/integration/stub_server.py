@@ -3,8 +3,8 @@
 KWOK fakes the pods of the local control plane, so nothing in it serves HTTP;
 the controller's gates reach servers through ``FLIPSERVE_SERVICE_URLS``. Until
 the real ``flipserve serve`` can be started here with a trained artifact, this
-is the thinnest server that answers the same endpoints (flipserve/probe.py's
-contract) with numbers a test sets: which digest it serves, how well it
+is the thinnest server that answers the endpoints flipserve/probe.py calls (the
+real server's, plus ``POST /drift``) with numbers a test sets: which digest it serves, how well it
 predicts, the drift p-value, the live traffic and error counters.
 
 Predictions: an eval text is ``"<label> <n>"``; the stub answers the right
@@ -48,8 +48,7 @@ class StubServer:
                 data = body.encode() if text else json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "text/plain" if text else "application/json")
-                self.send_header("x-model-version", stub.model.version)
-                self.send_header("x-model-digest", stub.model.digest)
+                self.send_header("X-Model-Version", stub.model.version)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -61,9 +60,9 @@ class StubServer:
                 if path == "/v2/health/ready":
                     self._send({"ready": True})
                 elif path == f"/v2/models/{stub.name}":
-                    params = {"digest": m.digest}
+                    params = {"digest": m.digest, "version": m.version}
                     self._send({"name": stub.name, "versions": [m.version], "parameters": params})
-                elif path == "/traffic":
+                elif path == "/traffic/sample":
                     self._send({"texts": m.traffic})
                 elif path == "/metrics":
                     self._send(_metrics(m), text=True)
@@ -75,7 +74,7 @@ class StubServer:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 if self.path == "/predict":
-                    self._send({"predictions": _predict(body["instances"], stub.model.quality)})
+                    self._send({"predictions": _predict(body["texts"], stub.model.quality)})
                 elif self.path == "/drift":
                     self._send({"p_value": stub.model.drift_p_value})
                 else:
@@ -103,8 +102,8 @@ def _metrics(m: Model) -> str:
     return "\n".join(
         [
             "# TYPE flipserve_requests_total counter",
-            f"flipserve_requests_total {m.requests}",
-            f"flipserve_request_errors_total {m.errors}",
+            f'flipserve_requests_total{{endpoint="/predict",status="200"}} {m.requests - m.errors}',
+            f'flipserve_requests_total{{endpoint="/predict",status="500"}} {m.errors}',
             'flipserve_request_latency_seconds_bucket{le="0.05"} ' + str(m.requests),
             'flipserve_request_latency_seconds_bucket{le="+Inf"} ' + str(m.requests),
             "",

@@ -195,7 +195,7 @@ def test_the_held_out_set_is_mounted_into_the_controller_only_when_given(
 ) -> None:
     spec = pod_spec(find(default, "Deployment", "flipserve-controller"))
     (controller,) = spec["containers"]
-    path = env_of(controller)["FLIPSERVE_EVAL_SET_PATH"]["value"]
+    path = env_of(controller)["FLIPSERVE_HELDOUT_PATH"]["value"]
     assert path == "/etc/flipserve/eval-set/eval.jsonl"
     mount = next(m for m in controller["volumeMounts"] if m["name"] == "eval-set")
     assert path.startswith(mount["mountPath"] + "/") and mount["readOnly"] is True
@@ -203,7 +203,7 @@ def test_the_held_out_set_is_mounted_into_the_controller_only_when_given(
     assert volume["configMap"] == {"name": "flipserve-eval-set"}
 
     plain = pod_spec(find(render(), "Deployment", "flipserve-controller"))
-    assert "FLIPSERVE_EVAL_SET_PATH" not in env_of(plain["containers"][0])
+    assert "FLIPSERVE_HELDOUT_PATH" not in env_of(plain["containers"][0])
     assert "eval-set" not in [v["name"] for v in plain["volumes"]]
 
 

@@ -15,206 +15,37 @@ tells what they serve.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from flipserve.kube import PLURAL, Kube, credentials
-from flipserve.settings import Settings
 from tests.controlplane import ControlPlane
-from tests.integration.stub_server import Model, StubServer, eval_set
+from tests.integration.controller_support import (
+    BLUE,
+    GREEN,
+    RELEASE,
+    REPO,
+    Harness,
+    digest,
+    model,
+    release,
+    until_pods_on,
+)
+from tests.integration.server_support import LABELS, ServerProcess, make_volume
+from tests.integration.stub_server import Model
 
 pytestmark = [pytest.mark.integration, pytest.mark.controlplane]
-
-REPO = Path(__file__).resolve().parents[2]
-RELEASE = "flipserve"
-BLUE, GREEN = f"{RELEASE}-model-blue", f"{RELEASE}-model-green"
-TERMINAL = ("Promoted", "Failed", "RolledBack")
-
-
-def digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def model(version: str, quality: float, **kw: Any) -> Model:
-    return Model(version=version, digest=digest(version), quality=quality, **kw)
-
-
-@dataclass
-class Harness:
-    """One namespace with the chart installed, two stub servers and a controller process."""
-
-    cp: ControlPlane
-    ns: str
-    tmp: Path
-    api: StubServer
-    preview: StubServer
-    admin: Kube
-    proc: subprocess.Popen[bytes] | None = None
-    logs: list[Path] = field(default_factory=list)
-
-    # controller process -------------------------------------------------------------
-
-    def controller_env(self) -> dict[str, str]:
-        token = self.cp.kubectl(
-            "create", "token", f"{RELEASE}-controller", "-n", self.ns, "--duration=2h"
-        ).stdout.strip()
-        (self.tmp / "token").write_text(token)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("FLIPSERVE_", "KUBE"))}
-        return env | {
-            "PYTHONPATH": str(REPO / "src"),
-            "FLIPSERVE_KUBE_TOKEN_PATH": str(self.tmp / "token"),
-            "FLIPSERVE_KUBE_SERVER": self.cp.server,
-            "FLIPSERVE_KUBE_CA_PATH": str(self.cp.pki / "ca.crt"),
-            "FLIPSERVE_NAMESPACE": self.ns,
-            "FLIPSERVE_RELEASE": RELEASE,
-            "FLIPSERVE_CONTROLLER_INTERVAL_S": "1",
-            "FLIPSERVE_CONTROLLER_LEASE_S": "3",
-            "FLIPSERVE_OBSERVE_SECONDS": "2",
-            "FLIPSERVE_EVAL_SET_PATH": str(self.tmp / "eval.jsonl"),
-            "FLIPSERVE_SERVICE_URLS": json.dumps(
-                {"api": self.api.url, "preview": self.preview.url}
-            ),
-            "FLIPSERVE_LOG_LEVEL": "INFO",
-        }
-
-    def start_controller(self) -> None:
-        log = self.tmp / f"controller-{len(self.logs)}.log"
-        self.logs.append(log)
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "flipserve", "controller"],
-                cwd=self.tmp,
-                env=self.controller_env(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def kill_controller(self) -> None:
-        """SIGKILL: no cleanup, no lease release, as if the node died."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def stop_controller(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-    def log_tail(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-3000:] for p in self.logs[-2:])
-
-    # Promotions ---------------------------------------------------------------------
-
-    def promote(self, name: str, m: Model, **spec: Any) -> None:
-        ref = {"uri": f"file:///store/{m.version}", "version": m.version, "digest": m.digest}
-        body = {
-            "apiVersion": "flipserve.dev/v1alpha1",
-            "kind": "Promotion",
-            "metadata": {"name": name},
-            "spec": {"release": RELEASE, "modelRef": ref} | spec,
-        }
-        self.admin.create(self.admin.path(PLURAL), body)
-
-    def status(self, name: str) -> dict[str, Any]:
-        status: dict[str, Any] = self.admin.get(self.admin.path(PLURAL, name)).get("status") or {}
-        return status
-
-    def wait(self, name: str, until: Any = TERMINAL, timeout: float = 90) -> dict[str, Any]:
-        """Poll until the status satisfies ``until`` (phases, or a predicate)."""
-        check = until if callable(until) else (lambda s: s.get("phase") in until)
-        deadline = time.monotonic() + timeout
-        status = self.status(name)
-        while not check(status):
-            if self.proc is not None and self.proc.poll() is not None:
-                pytest.fail(f"controller exited {self.proc.returncode}:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"{name} stuck: {json.dumps(status)[:1500]}\n{self.log_tail()}")
-            time.sleep(0.1)
-            status = self.status(name)
-        return status
-
-    # the release --------------------------------------------------------------------
-
-    def deployment(self, name: str = RELEASE) -> dict[str, Any]:
-        return self.admin.get(self.admin.path("deployments", name))
-
-    def annotations(self) -> dict[str, str]:
-        return dict(self.deployment()["metadata"].get("annotations") or {})
-
-    def claim(self, name: str = RELEASE) -> str:
-        volumes = self.deployment(name)["spec"]["template"]["spec"]["volumes"]
-        return str(
-            next(v for v in volumes if v["name"] == "model")["persistentVolumeClaim"]["claimName"]
-        )
-
-    def pod_claims(self) -> list[str]:
-        pods = self.admin.items(self.admin.path("pods"), "app.kubernetes.io/component=api")
-        return sorted(
-            v["persistentVolumeClaim"]["claimName"]
-            for p in pods
-            if not p["metadata"].get("deletionTimestamp") and p["status"].get("phase") == "Running"
-            for v in p["spec"]["volumes"]
-            if v["name"] == "model"
-        )
-
-    def events(self, reason: str) -> list[dict[str, Any]]:
-        return [e for e in self.admin.items(self.admin.path("events")) if e.get("reason") == reason]
-
-    def jobs(self) -> list[str]:
-        return sorted(j["metadata"]["name"] for j in self.admin.items(self.admin.path("jobs")))
-
-    def promoted(self, name: str, m: Model, api_after: Model | None = None) -> dict[str, Any]:
-        """Promote ``m`` (the preview stub serves it) and wait for Promoted."""
-        self.preview.model = m
-        self.promote(name, m)
-        status = self.wait(name)
-        assert status["phase"] == "Promoted", (status, self.log_tail())
-        self.api.model = api_after or m
-        return status
 
 
 @pytest.fixture
 def h(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> Iterator[Harness]:
-    control_plane.helm(
-        "install", RELEASE, str(REPO / "charts" / "flipserve"), "-n", namespace,
-        "--set", "minio.enabled=false", "--set", "ingress.enabled=false",
-        "--set", "api.replicaCount=2",
-    )  # fmt: skip
-    (tmp_path / "eval.jsonl").write_text(eval_set())
-    settings = Settings(kubeconfig=control_plane.kubeconfig, namespace=namespace)
-    admin = Kube(credentials(settings), namespace)
-    with StubServer(Model("none", digest("none"))) as api, StubServer(api.model) as preview:
-        h = Harness(control_plane, namespace, tmp_path, api, preview, admin)
-        h.start_controller()
-        try:
-            yield h
-        finally:
-            h.stop_controller()
-            admin.close()
-
-
-def _until_pods_on(h: Harness, claim: str, timeout: float = 60) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while (claims := h.pod_claims()) != [claim, claim]:
-        if time.monotonic() > deadline:
-            pytest.fail(f"API pods still on {claims}, expected 2 on {claim}")
-        time.sleep(0.2)
-    return claims
+    with release(control_plane, namespace, tmp_path) as harness:
+        yield harness
 
 
 # --- the happy path -------------------------------------------------------------------
@@ -239,7 +70,7 @@ def test_promotions_reach_promoted_and_the_api_pods_mount_the_new_volume(h: Harn
     assert ann["flipserve.dev/previous-model-version"] == "v1"
     assert "flipserve.dev/promotion" not in ann  # the release lock is dropped
     assert h.claim() == GREEN
-    assert _until_pods_on(h, GREEN) == [GREEN, GREEN]
+    assert until_pods_on(h, GREEN) == [GREEN, GREEN]
     assert h.deployment(f"{RELEASE}-preview")["spec"]["replicas"] == 0
     assert h.jobs() == [f"{RELEASE}-copy-v1", f"{RELEASE}-copy-v2"]
     # The first promotion found blue already mounted: only the second one patched.
@@ -298,6 +129,51 @@ def test_a_corrupt_artifact_fails_verification_before_any_switch(h: Harness) -> 
     assert len(h.events("SwitchedColour")) == 0
 
 
+def test_errors_on_the_new_colour_roll_the_api_back(h: Harness) -> None:
+    h.promoted("v1", model("v1", 0.7))
+    candidate = model("v2", 0.9)
+    h.preview.model = candidate
+    h.api.model = model("v1", 0.7, errors=30, requests=100)  # what the API reports after the flip
+    h.promote("v2", candidate)
+
+    status = h.wait("v2")
+
+    assert status["phase"] == "RolledBack"
+    assert "error rate" in status["rollbackReason"]
+    ann = h.annotations()
+    assert (ann["flipserve.dev/active-colour"], ann["flipserve.dev/model-version"]) == (
+        "blue",
+        "v1",
+    )
+    assert len(h.events("SwitchedColour")) == 2  # there and back
+    assert until_pods_on(h, BLUE) == [BLUE, BLUE]
+
+
+def test_a_copy_job_that_fails_verification_fails_the_promotion_before_any_switch(
+    h: Harness,
+) -> None:
+    h.promoted("v1", model("v1", 0.7))
+    # In a cluster the copier exits 1 when a file's sha256 or the manifest digest does
+    # not match; here KWOK's chaos label makes the copy Job's pod fail the same way.
+    cm_path = h.admin.path("configmaps", f"{RELEASE}-copy-job-template")
+    template = h.admin.get(cm_path)["data"]["job.yaml"]
+    chaos = '        pod-container-running-failed.stage.kwok.x-k8s.io: "true"\n'
+    marker = '        flipserve.dev/colour: "${COLOUR}"\n'
+    assert template.count(marker) == 1  # the pod template's labels
+    h.admin.patch(cm_path, {"data": {"job.yaml": template.replace(marker, marker + chaos)}})
+    candidate = model("v2", 0.9)
+    h.preview.model = candidate
+    h.promote("v2", candidate)
+
+    status = h.wait("v2")
+
+    assert status["phase"] == "Failed"
+    assert "copy failed" in status["reason"]
+    assert "Verifying" not in status["phaseTimestamps"]
+    assert h.claim() == BLUE
+    assert h.annotations()["flipserve.dev/model-version"] == "v1"
+
+
 # --- crashes: a restarted controller finishes the promotion ---------------------------
 
 
@@ -325,7 +201,7 @@ def test_a_controller_killed_mid_promotion_finishes_it_after_restart(
     assert h.annotations()["flipserve.dev/model-version"] == "v2"
     assert h.jobs() == [f"{RELEASE}-copy-v1", f"{RELEASE}-copy-v2"]
     assert len(h.events("SwitchedColour")) == 1
-    assert _until_pods_on(h, GREEN) == [GREEN, GREEN]
+    assert until_pods_on(h, GREEN) == [GREEN, GREEN]
 
 
 # --- rollback and concurrency ---------------------------------------------------------
@@ -351,7 +227,7 @@ def test_rollback_flips_back_to_the_previous_colour_and_model(h: Harness) -> Non
         "v1",
     )
     assert ann["flipserve.dev/model-digest"] == digest("v1")
-    assert _until_pods_on(h, BLUE) == [BLUE, BLUE]
+    assert until_pods_on(h, BLUE) == [BLUE, BLUE]
 
 
 def test_a_second_promotion_waits_for_the_running_one(h: Harness) -> None:
@@ -383,3 +259,59 @@ def test_the_status_cli_lists_the_release_and_its_promotions(h: Harness) -> None
     ).stdout  # fmt: skip
     assert "active   blue  version v1" in out
     assert "v1" in out and "Promoted" in out
+
+
+# --- the same controller, gated by real model servers ---------------------------------
+
+
+@pytest.mark.slow
+def test_verification_score_and_observe_use_a_real_model_server(
+    h: Harness, server_artifact: Path, server_tweets: list[str]
+) -> None:
+    """The preview and API URLs point at a real ``flipserve serve`` on a local volume.
+
+    The model is the tiny untrained artifact of the server tests, so its score is
+    whatever it is: the margin is set to let any measured score through, and the test
+    checks that the score was measured through the server, the digest verified against
+    what the server loaded, and the API's metrics observed. The drift gate is skipped:
+    the server has no endpoint yet for testing live texts against a candidate's
+    reference (docs/controller.md).
+    """
+    h.promoted("v1", model("v1", 0.7))
+    volume = h.tmp / "green"
+    real_digest = make_volume(volume, server_artifact, "tiny-1")
+    heldout = h.tmp / "heldout-real.jsonl"
+    rows = [{"text": t, "label": LABELS[i % 3]} for i, t in enumerate(server_tweets[:30])]
+    heldout.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    server = ServerProcess(volume, h.tmp, colour="green", model_name="flipserve")
+    try:
+        server.wait_live()
+        h.stop_controller()
+        urls = json.dumps({"api": server.url, "preview": server.url})
+        # The held-out batch on a busy 2-core machine takes seconds: latency is not judged here.
+        h.start_controller(
+            FLIPSERVE_SERVICE_URLS=urls,
+            FLIPSERVE_HELDOUT_PATH=str(heldout),
+            FLIPSERVE_MAX_P99_LATENCY_MS="600000",
+        )
+        ref = {"uri": "file:///store/tiny-1", "version": "tiny-1", "digest": real_digest}
+        h.admin.create(
+            h.admin.path("promotions"),
+            {
+                "apiVersion": "flipserve.dev/v1alpha1",
+                "kind": "Promotion",
+                "metadata": {"name": "tiny"},
+                "spec": {"release": RELEASE, "modelRef": ref, "scoreMargin": -1.0,
+                         "skipDriftGate": True},
+            },
+        )  # fmt: skip
+        status = h.wait("tiny", timeout=240)
+    finally:
+        server.stop()
+
+    assert status["phase"] == "Promoted", (status.get("rollbackReason"), status["reason"])
+    assert isinstance(status["score"], float)  # measured through POST /predict
+    gates = {g["name"]: g for g in status["gates"]}
+    assert gates["observe"]["passed"]
+    assert h.annotations()["flipserve.dev/model-digest"] == real_digest
+    assert h.claim() == GREEN

@@ -447,3 +447,34 @@ def test_copy_decision_covers_every_copy_state() -> None:
     for state, phase in cases.items():
         assert machine.copy_decision(CopyProgress(state=state), 0, 10)[0] is phase
     assert machine.copy_decision(CopyProgress(state=CopyState.RUNNING), 11, 10)[0] is Phase.FAILED
+
+
+def test_abort_before_the_switch_fails_and_stops_the_preview() -> None:
+    platform = FakePlatform()
+    platform.previews.add(Colour.GREEN)
+    st = PromotionStatus(phase=Phase.GATING, from_colour=Colour.BLUE, to_colour=Colour.GREEN)
+    st = machine.abort(st, platform, T0, "preview answers 500")
+    assert st.phase is Phase.FAILED and "gave up: preview answers 500" in st.reason
+    assert platform.previews == set()
+
+
+def test_abort_after_the_switch_rolls_back() -> None:
+    platform = FakePlatform(active_colour=Colour.GREEN)
+    st = PromotionStatus(
+        phase=Phase.OBSERVING,
+        phase_times={Phase.OBSERVING: T0},
+        from_colour=Colour.BLUE,
+        to_colour=Colour.GREEN,
+        switched_at=T0,
+    )
+    st = machine.abort(st, platform, T0, "metrics unreachable")
+    assert st.rolling_back and st.phase is Phase.OBSERVING
+    for i in range(5):
+        st = machine.reconcile(_spec(), st, platform, FakeGates(), T0 + timedelta(seconds=i))
+    assert st.phase is Phase.ROLLED_BACK and platform.active_colour is Colour.BLUE
+    assert "gave up after the switch: metrics unreachable" in st.reason
+
+
+def test_abort_leaves_a_finished_promotion_alone() -> None:
+    st = PromotionStatus(phase=Phase.PROMOTED)
+    assert machine.abort(st, FakePlatform(), T0, "late error") == st

@@ -11,8 +11,10 @@ tests it against the candidate's own reference sample.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
+
+import httpx
 
 from flipserve.promotion.status import Colour, GateResult, ObservedMetrics, PromotionSpec
 
@@ -44,7 +46,10 @@ def score_verdict(
     value = candidate[metric]
     if metric not in production:
         return GateResult(
-            name="score", passed=True, value=value, detail="no production record to beat"
+            name="score",
+            passed=True,
+            value=value,
+            detail=f"{metric} {value:.4f}; no production record to beat",
         )
     threshold = production[metric] + margin
     passed = value > threshold
@@ -125,3 +130,41 @@ def classification_scores(
         f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
     accuracy = sum(r == p for r, p in zip(references, predictions, strict=True)) / len(references)
     return {"accuracy": accuracy, "macro_f1": sum(f1s) / len(f1s)}
+
+
+# --- the HTTP runner ----------------------------------------------------------
+
+DriftFn = Callable[[Colour, list[str]], float]
+"""p-value of live texts against a colour's reference sample (platform-specific)."""
+
+
+class HttpGates:
+    """Score through the preview server's ``POST /predict``; drift through ``drift_fn``."""
+
+    def __init__(
+        self,
+        texts: Sequence[str],
+        labels: Sequence[str],
+        drift_fn: DriftFn,
+        batch: int = 64,
+        timeout: float = 120.0,
+    ) -> None:
+        if len(texts) != len(labels) or not texts:
+            raise ValueError("the held-out set needs as many labels as texts, and at least one")
+        self.texts, self.labels = list(texts), list(labels)
+        self.drift_fn = drift_fn
+        self.batch = batch
+        self.timeout = timeout
+
+    def score(self, preview_url: str) -> dict[str, float]:
+        predictions: list[str] = []
+        with httpx.Client(timeout=self.timeout) as client:
+            for i in range(0, len(self.texts), self.batch):
+                chunk = self.texts[i : i + self.batch]
+                r = client.post(f"{preview_url}/predict", json={"texts": chunk})
+                r.raise_for_status()
+                predictions.extend(labels_from_response(r.json()))
+        return classification_scores(self.labels, predictions)
+
+    def drift(self, colour: Colour, preview_url: str, texts: list[str]) -> float:
+        return self.drift_fn(colour, texts)

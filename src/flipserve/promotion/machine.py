@@ -56,6 +56,20 @@ def reconcile(
     return st
 
 
+def abort(
+    status: PromotionStatus, platform: Platform, now: datetime, reason: str
+) -> PromotionStatus:
+    """Give up on a promotion whose steps keep erroring: fail it, or roll back if switched."""
+    st = status.model_copy(deep=True)
+    if st.done or st.rolling_back:
+        return st
+    if st.switched_at is None:
+        _fail(st, platform, now, f"gave up: {reason}")
+    else:
+        _start_rollback(st, f"gave up after the switch: {reason}")
+    return st
+
+
 # --- pure decisions -----------------------------------------------------------
 
 
@@ -107,7 +121,7 @@ def observe_decision(
     """(Promoted | None to keep watching, reason); a breach is reported by ``observe_breach``."""
     if elapsed >= spec.observe_seconds:
         return Phase.PROMOTED, f"observed {elapsed:.0f}s without a breach"
-    return None, f"observing ({elapsed:.0f}/{spec.observe_seconds:.0f}s)"
+    return None, f"observing for {spec.observe_seconds:.0f}s"
 
 
 def rollback_target(active: ActiveModel | None, standby_ready: bool) -> Colour:

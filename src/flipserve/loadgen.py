@@ -1,0 +1,104 @@
+"""A small closed-loop load generator: N workers posting to ``/predict`` until stopped.
+
+The demo and bench/rollout.py run it against the API while a promotion
+switches colours, and count what users would have seen: every request that
+did not come back with a 2xx is a failure. Each answer's ``X-Model-Version``
+header is recorded so the switch is visible in the timeline.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import httpx
+
+
+@dataclass
+class LoadStats:
+    requests: int = 0
+    failed: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    latencies_ms: list[float] = field(default_factory=list)
+    # (seconds since start, version) sampled on each answer, for the report's timeline
+    versions: list[tuple[float, str]] = field(default_factory=list)
+
+    def percentile(self, q: float) -> float | None:
+        if not self.latencies_ms:
+            return None
+        values = sorted(self.latencies_ms)
+        return values[min(len(values) - 1, int(q * len(values)))]
+
+
+class LoadGenerator:
+    """Workers send random texts (one per request) to ``url`` until :meth:`stop`."""
+
+    def __init__(
+        self,
+        url: str,
+        texts: Sequence[str],
+        workers: int = 4,
+        timeout: float = 30.0,
+        seed: int = 0,
+    ) -> None:
+        self.url = url.rstrip("/") + "/predict"
+        self.texts = list(texts)
+        self.workers = workers
+        self.timeout = timeout
+        self.stats = LoadStats()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._rng = random.Random(seed)
+        self._start = 0.0
+
+    def start(self) -> LoadGenerator:
+        self._start = time.monotonic()
+        for i in range(self.workers):
+            t = threading.Thread(target=self._work, name=f"load-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def stop(self) -> LoadStats:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+        return self.stats
+
+    def __enter__(self) -> LoadGenerator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _work(self) -> None:
+        with httpx.Client(timeout=self.timeout) as client:
+            while not self._stop.is_set():
+                text = self._rng.choice(self.texts)
+                start = time.monotonic()
+                error = None
+                version = ""
+                try:
+                    r = client.post(self.url, json={"texts": [text]})
+                    version = r.headers.get("X-Model-Version", "")
+                    if r.status_code >= 300:
+                        error = f"HTTP {r.status_code}"
+                except httpx.HTTPError as e:
+                    error = type(e).__name__
+                self._record(start, error, version)
+
+    def _record(self, start: float, error: str | None, version: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.stats.requests += 1
+            self.stats.latencies_ms.append((now - start) * 1000)
+            if error is not None:
+                self.stats.failed += 1
+                self.stats.errors[error] += 1
+            if version and (not self.stats.versions or self.stats.versions[-1][1] != version):
+                self.stats.versions.append((now - self._start, version))
