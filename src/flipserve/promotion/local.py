@@ -286,11 +286,11 @@ class LocalPlatform:
             self._stop_server(state, colour)
         for job in state["copies"].values():
             _terminate(job["pid"])
+        state["copies"] = {}
         if state.get("proxy"):
             _terminate(state["proxy"]["pid"])
             state["proxy"] = None
-        state["active"] = None
-        self.save(state)
+        self.save(state)  # the active colour stays: the next switch restarts what it needs
 
     # --- internals --------------------------------------------------------
 
