@@ -120,6 +120,8 @@ class LocalPlatform:
                 return
             _terminate(job["pid"])  # a leftover copy of another target must not race this one
         self._stop_server(state, colour)  # a standby must not read a volume being rewritten
+        if (state.get("standby") or {}).get("colour") == colour.value:
+            state["standby"] = None  # its previous model is about to be overwritten
         cmd = [self.python, "-m", "flipserve", "copy", "--uri", target.uri]
         cmd += ["--digest", target.digest, "--version", target.version]
         cmd += ["--volume", str(self.volume(colour)), "--colour", colour.value]
@@ -225,6 +227,9 @@ class LocalPlatform:
         body = self._admin("PUT", "/-/backend", json={"url": url, "colour": colour.value})
         state = self.load()
         changed = state.get("active") != colour.value or bool(body and body.get("changed"))
+        previous = state.get("active")
+        if previous and previous != colour.value:  # what a rollback returns to
+            state["standby"] = {"colour": previous, "target": state["targets"].get(previous)}
         state["active"] = colour.value
         if target is not None:
             state["targets"][colour.value] = target.model_dump(mode="json")
@@ -265,8 +270,19 @@ class LocalPlatform:
     # --- beyond the protocol: rollback, history, teardown ---------------------
 
     def standby_ready(self) -> bool:
+        """Whether the idle colour still holds the model that served before the last switch.
+
+        After a failed promotion the idle colour holds the refused candidate:
+        that is not something to roll back to.
+        """
         active = self.active()
-        return active is not None and _ready_digest(self.volume(active.colour.other)) is not None
+        standby = self.load().get("standby") or {}
+        target = standby.get("target") or {}
+        return (
+            active is not None
+            and standby.get("colour") == active.colour.other.value
+            and _ready_digest(self.volume(active.colour.other)) == target.get("digest")
+        )
 
     def target_on(self, colour: Colour) -> ModelTarget | None:
         raw = self.load()["targets"].get(colour.value)
