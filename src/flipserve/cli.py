@@ -14,7 +14,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from flipserve import __version__
 from flipserve.errors import ConfigError, FlipserveError, RefError
@@ -202,8 +202,55 @@ def _fetch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _add_server(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("serve", help="serve (not implemented yet)")
-    p.set_defaults(handler=_not_yet("serve"))
+    p = sub.add_parser(
+        "serve",
+        help="serve the model on a volume (KServe v1/v2, /predict, /drift, /feedback, /metrics)",
+    )
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        help="volume with READY and model/ (default: FLIPSERVE_MODEL_DIR)",
+    )
+    p.add_argument("--port", type=int, help="HTTP port (default: FLIPSERVE_HTTP_PORT)")
+    p.set_defaults(handler=_serve)
+
+
+def _feedback_sink(settings: Settings) -> Callable[[list[dict[str, str]]], object] | None:
+    """The store's ``append_feedback`` when it has one, else a directory for a file:// root."""
+    try:
+        from flipserve import store  # type: ignore[attr-defined, unused-ignore]
+
+        append = store.open_store(settings).append_feedback  # type: ignore[attr-defined, unused-ignore]
+    except (ImportError, AttributeError, FlipserveError):
+        append = None
+    if append is not None:
+        return cast(Callable[[list[dict[str, str]]], object], append)
+    if settings.store_uri.startswith("file://"):
+        from flipserve.server.feedback import DirectoryFeedbackSink
+
+        root = Path(settings.store_uri.removeprefix("file://"))
+        return DirectoryFeedbackSink(root, settings.feedback_prefix)
+    return None
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import logging
+
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    updates: dict[str, object] = {}
+    if args.model_dir is not None:
+        updates["model_dir"] = args.model_dir
+    if args.port is not None:
+        updates["http_port"] = args.port
+    settings = settings.model_copy(update=updates)
+    # KServe parses sys.argv when imported; ours are not its options.
+    sys.argv = sys.argv[:1]
+    from flipserve.server.model import FlipserveModel
+    from flipserve.server.runtime import FlipserveServer
+
+    model = FlipserveModel(settings, settings.model_dir, feedback_sink=_feedback_sink(settings))
+    FlipserveServer(settings).serve(model)
+    return 0
 
 
 # --- promotion: copy, promote, rollback, status, controller, demo ----------

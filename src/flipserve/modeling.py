@@ -72,13 +72,22 @@ class TextClassifier:
         probs = torch.softmax(out.logits, dim=-1)
         mask = enc["attention_mask"].unsqueeze(-1).to(out.hidden_states[-1].dtype)
         pooled = (out.hidden_states[-1] * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        # A row that fills max_length was (almost surely) cut: tell the caller.
-        truncated = [n >= self.max_length for n in enc["attention_mask"].sum(1).tolist()]
         return Batch(
             probs=probs.float().numpy(),
             embeddings=pooled.float().numpy(),
-            truncated=truncated,
+            truncated=self._truncated(enc),
         )
+
+    def _truncated(self, enc: Any) -> list[bool]:
+        """Which rows lost tokens to max_length.
+
+        A fast tokenizer keeps what it cut in each encoding's ``overflowing``;
+        a slow one does not, so a row that fills max_length counts as cut.
+        """
+        encodings = getattr(enc, "encodings", None)
+        if encodings:
+            return [bool(e.overflowing) for e in encodings]
+        return [n >= self.max_length for n in enc["attention_mask"].sum(1).tolist()]
 
     def predict_labels(self, texts: list[str], batch_size: int = 32) -> list[str]:
         labels: list[str] = []

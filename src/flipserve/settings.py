@@ -67,6 +67,14 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = None
     """Bearer token for ``POST /feedback`` and the traffic sample."""
     feedback_prefix: str = "feedback"
+    ready_poll_s: float = 2.0
+    """How often the server re-checks its volume's READY marker (the copier may finish later)."""
+    traffic_sample_size: int = 1000
+    """Recent input texts kept for ``GET /traffic/sample`` (the promotion's drift gate)."""
+    shutdown_grace_s: int = 30
+    """On SIGTERM, how long in-flight requests get to finish."""
+    length_grouping: bool = True
+    """Group queued texts of similar length into the same forward pass (less padding)."""
 
     # --- drift (drift.py) --------------------------------------------------
     drift_backend: Literal["alibi-mmd", "alibi-ks", "frouros-mmd", "ks"] = "ks"

@@ -1,14 +1,17 @@
-"""Fixtures for integration tests: a real S3 API (moto's server) on loopback."""
+"""Fixtures for integration tests: a real S3 API (moto's server) on loopback, and the model
+server's fixtures (see server_support.py)."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
+from tests.integration.server_support import ServerProcess, build_artifact, make_volume, tweets
 
 from flipserve.settings import Settings
 
@@ -75,3 +78,48 @@ def s3_server() -> Iterator[S3Server]:
 def s3_settings(s3_server: S3Server) -> Settings:
     """Settings for a store under a fresh prefix of the test bucket."""
     return s3_server.settings()
+
+
+# --- model server ----------------------------------------------------------
+
+TOKEN = "test-token"
+
+
+@pytest.fixture(scope="session")
+def server_tweets() -> list[str]:
+    return tweets()
+
+
+@pytest.fixture(scope="session")
+def server_artifact(tmp_path_factory: pytest.TempPathFactory, server_tweets: list[str]) -> Path:
+    """A tiny model artifact whose drift reference is 200 tweets."""
+    dest = tmp_path_factory.mktemp("artifact") / "tiny"
+    build_artifact(dest, server_tweets[:200])
+    return dest
+
+
+@pytest.fixture(scope="session")
+def served(
+    tmp_path_factory: pytest.TempPathFactory, server_artifact: Path
+) -> Iterator[ServerProcess]:
+    """A running server on a READY blue volume, with small limits so tests can hit them."""
+    work = tmp_path_factory.mktemp("served")
+    make_volume(work / "blue", server_artifact, "tiny-1")
+    server = ServerProcess(
+        work / "blue",
+        work,
+        colour="blue",
+        api_token=TOKEN,
+        max_body_bytes=20_000,
+        max_items_per_request=16,
+        drift_window=128,
+        drift_min_samples=64,
+        drift_interval_s=0.3,
+        store_uri=f"file://{work / 'store'}",
+        torch_threads=2,
+    )
+    try:
+        server.wait_live()
+        yield server
+    finally:
+        server.stop()
