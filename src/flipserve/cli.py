@@ -319,6 +319,7 @@ def _local_platform(args: argparse.Namespace, settings: Settings) -> LocalPlatfo
 def _copy(args: argparse.Namespace, settings: Settings) -> int:
     from flipserve import copier
     from flipserve.promotion.status import ModelTarget
+    from flipserve.store import Store
 
     if args.ref:
         target = ModelTarget.from_ref_file(args.ref)
@@ -335,7 +336,7 @@ def _copy(args: argparse.Namespace, settings: Settings) -> int:
         colour=args.colour,
         active_colour=args.active_colour or settings.active_colour,
     )
-    result = copier.copy(request)
+    result = copier.copy(request, fetch=Store.open(settings).fetch)
     what = "already there" if result.already_there else f"{result.bytes_copied} bytes"
     print(f"{args.colour}: {version} ({digest[:12]}) ready, {what}, {result.seconds:.1f}s")
     return 0
