@@ -357,7 +357,8 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
         spec.score_margin = args.margin
     platform = _local_platform(args, settings)
     texts, labels = _heldout(args.heldout or settings.heldout_path)
-    gates = HttpGates(texts, labels, embedding_drift(platform))
+    drift = embedding_drift(platform, settings.drift_backend, settings.drift_p_value)
+    gates = HttpGates(texts, labels, drift)
     follower = Follower(spec)
     status = runner.run_local(spec, platform, gates, on_step=follower)
     follower.verdict(status)

@@ -161,7 +161,8 @@ def _promote(
         max_error_rate=settings.max_error_rate,
         max_p99_latency_ms=max(settings.max_p99_latency_ms, 5000.0),
     )
-    gates = HttpGates(data.heldout_texts, data.heldout_labels, embedding_drift(platform))
+    drift = embedding_drift(platform, settings.drift_backend, settings.drift_p_value)
+    gates = HttpGates(data.heldout_texts, data.heldout_labels, drift)
     console.rule(f"promote {target.version}")
     follower = Follower(spec, console)
     status = runner.run_local(spec, platform, gates, on_step=follower)

@@ -441,25 +441,25 @@ def _terminate(pid: int, grace: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def embedding_drift(platform: LocalPlatform) -> Callable[[Colour, list[str]], float]:
-    """A drift function for the gate: embed with the colour's own model, KS vs its reference.
+def embedding_drift(
+    platform: LocalPlatform, backend: str = "ks", threshold: float = 0.05
+) -> Callable[[Colour, list[str]], float]:
+    """A drift function for the gate: embed with the colour's own model, test vs its reference.
 
-    Per-dimension two-sample KS tests with a Bonferroni correction (what
-    alibi-detect's ``KSDrift`` does); flipserve.drift's detectors replace
-    this once they land.
+    The candidate model embeds the live texts (mean of its last hidden layer,
+    as at training time), and flipserve.drift's detector compares them with
+    the ``drift/reference.npy`` saved in the artifact.
     """
 
     def drift(colour: Colour, texts: list[str]) -> float:
         import numpy as np
-        from scipy.stats import ks_2samp
 
+        from flipserve.drift import make_detector
         from flipserve.modeling import TextClassifier
 
         model_dir = platform.volume(colour) / artifact.MODEL_SUBDIR
         reference = np.load(model_dir / "drift" / "reference.npy")
         sample = TextClassifier.load(model_dir).embed(texts)
-        dims = reference.shape[1]
-        p_min = min(float(ks_2samp(reference[:, i], sample[:, i]).pvalue) for i in range(dims))
-        return float(min(1.0, p_min * dims))
+        return float(make_detector(backend, reference, threshold).test(sample).p_value)
 
     return drift
