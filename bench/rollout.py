@@ -82,7 +82,10 @@ def flipserve_rollout(args, work, targets, data, server_command) -> dict:  # typ
 
     def spec(v: str) -> PromotionSpec:
         return PromotionSpec(
-            target=targets[v], observe_seconds=args.observe, max_p99_latency_ms=1e5
+            target=targets[v],
+            observe_seconds=args.observe,
+            max_p99_latency_ms=1e5,
+            score_margin=-1.0,  # same weights: let the gate pass; its cost is still measured
         )
 
     try:
@@ -94,6 +97,7 @@ def flipserve_rollout(args, work, targets, data, server_command) -> dict:  # typ
         started = time.monotonic()
         status = runner.run_local(spec("v2"), platform, gates)
         promotion_seconds = time.monotonic() - started
+        assert status.phase is Phase.PROMOTED, status.reason
         time.sleep(2)
         _, rollback_seconds = runner.rollback_local(platform)
         while load.stats.requests < args.min_requests:
