@@ -77,7 +77,9 @@ def seconds(status, a: Phase, b: Phase) -> float:  # type: ignore[no-untyped-def
 
 def flipserve_rollout(args, work, targets, data, server_command) -> dict:  # type: ignore[no-untyped-def]
     platform = LocalPlatform(work / "local", server_command=server_command, server_env=SERVER_ENV)
-    platform.stop_all()
+    platform.stop_all()  # a previous run's processes and state: start fresh
+    shutil.rmtree(platform.root, ignore_errors=True)
+    platform = LocalPlatform(work / "local", server_command=server_command, server_env=SERVER_ENV)
     gates = HttpGates(data.heldout_texts, data.heldout_labels, embedding_drift(platform))
 
     def spec(v: str) -> PromotionSpec:
