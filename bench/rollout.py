@@ -95,6 +95,7 @@ def flipserve_rollout(args, work, targets, data, server_command) -> dict:  # typ
         assert first.phase is Phase.PROMOTED, first.reason
         load = LoadGenerator(platform.api_url or "", data.heldout_texts, workers=args.workers)
         load.start()
+        load_started = time.monotonic()
         time.sleep(3)
         started = time.monotonic()
         status = runner.run_local(spec("v2"), platform, gates)
@@ -102,7 +103,8 @@ def flipserve_rollout(args, work, targets, data, server_command) -> dict:  # typ
         assert status.phase is Phase.PROMOTED, status.reason
         time.sleep(2)
         _, rollback_seconds = runner.rollback_local(platform)
-        while load.stats.requests < args.min_requests:
+        deadline = time.monotonic() + args.max_load_seconds
+        while load.stats.requests < args.min_requests and time.monotonic() < deadline:
             time.sleep(1)
         stats = load.stop()
     finally:
@@ -113,9 +115,11 @@ def flipserve_rollout(args, work, targets, data, server_command) -> dict:  # typ
         "outcome": status.phase.value,
         "reason": status.reason,
         "requests": stats.requests,
+        "min_requests_met": stats.requests >= args.min_requests,
         "failed": stats.failed,
         "errors": dict(stats.errors),
         "p99_ms": stats.percentile(0.99),
+        "requests_per_second": stats.requests / max(time.monotonic() - load_started, 1e-9),
         "promotion_seconds": promotion_seconds,
         "copy_seconds": copy_s,
         "preview_ready_seconds": seconds(status, Phase.VERIFYING, Phase.GATING),
@@ -183,6 +187,12 @@ def main() -> None:
     parser.add_argument("--server", choices=["flipserve", "standin"], default="flipserve")
     parser.add_argument("--min-requests", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument(
+        "--max-load-seconds",
+        type=float,
+        default=900,
+        help="stop the load after this long even below --min-requests (reported)",
+    )
     parser.add_argument("--observe", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "rollout.json")
     args = parser.parse_args()
