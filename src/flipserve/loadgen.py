@@ -35,7 +35,7 @@ class LoadStats:
 
 
 class LoadGenerator:
-    """Workers send random texts (one per request) to ``url`` until :meth:`stop`."""
+    """Workers send the texts (one per request, shuffled, cycling) to ``url`` until :meth:`stop`."""
 
     def __init__(
         self,
@@ -54,6 +54,7 @@ class LoadGenerator:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._rng = random.Random(seed)
+        self._queue: list[str] = []
         self._start = 0.0
 
     def start(self) -> LoadGenerator:
@@ -79,7 +80,7 @@ class LoadGenerator:
     def _work(self) -> None:
         with httpx.Client(timeout=self.timeout) as client:
             while not self._stop.is_set():
-                text = self._rng.choice(self.texts)
+                text = self._next_text()
                 start = time.monotonic()
                 error = None
                 version = ""
@@ -91,6 +92,14 @@ class LoadGenerator:
                 except httpx.HTTPError as e:
                     error = type(e).__name__
                 self._record(start, error, version)
+
+    def _next_text(self) -> str:
+        """Texts in a shuffled cycle, so a window of recent traffic holds few repeats."""
+        with self._lock:
+            if not self._queue:
+                self._queue = list(self.texts)
+                self._rng.shuffle(self._queue)
+            return self._queue.pop()
 
     def _record(self, start: float, error: str | None, version: str) -> None:
         now = time.monotonic()

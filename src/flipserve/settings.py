@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     """Local backend: the admin token of the local proxy (set by the platform that starts it)."""
     heldout_path: Path | None = None
     """JSONL of ``{"text", "label"}`` for the score gate; None: the dataset's test split."""
+    heldout_size: int = 500
+    """How many of the test split's rows the score gate sends through the preview server."""
     drift_sample_size: int = 200
     copy_timeout_seconds: float = 600.0
     ready_timeout_seconds: float = 300.0

@@ -131,3 +131,23 @@ def test_rollback_without_a_previous_model_is_refused(
     _promote(platform, store.publish("v1", RULES["v1"]))
     with pytest.raises(PromotionError, match="holds no ready model"):
         runner.rollback_local(platform)
+
+
+def test_a_stopped_local_api_comes_back_on_rollback(platform: LocalPlatform, store: Store) -> None:
+    _promote(platform, store.publish("v1", RULES["v1"]))
+    _promote(platform, store.publish("v2", RULES["v2"]))
+    platform.stop_all()
+    assert platform.api_url is None
+    colour, _ = runner.rollback_local(platform)
+    assert colour is Colour.BLUE and _version(platform) == "v1"
+
+
+def test_after_a_refused_candidate_rollback_does_not_serve_it(
+    platform: LocalPlatform, store: Store
+) -> None:
+    _promote(platform, store.publish("v1", RULES["v1"]))
+    _promote(platform, store.publish("v2", RULES["v2"]))  # blue → green; blue keeps v1
+    assert _promote(platform, store.publish("v3", RULES["v3"])).phase is Phase.FAILED
+    with pytest.raises(PromotionError, match="holds no ready model"):
+        runner.rollback_local(platform)  # blue now holds the refused v3
+    assert _version(platform) == "v2"

@@ -38,7 +38,7 @@ class FakePlatform:
     stuck: Colour | None = None
     corrupt: bool = False
     observed: ObservedMetrics = field(default_factory=lambda: ObservedMetrics(requests=100))
-    traffic: list[str] = field(default_factory=lambda: ["hello"] * 50)
+    traffic: list[str] = field(default_factory=lambda: [f"hello {i}" for i in range(50)])
     copies_started: list[Colour] = field(default_factory=list)
     switches: list[Colour] = field(default_factory=list)
     previews: set[Colour] = field(default_factory=set)
@@ -324,7 +324,7 @@ def test_drift_fails_the_promotion() -> None:
 
 
 def test_drift_gate_is_skipped_with_too_little_live_traffic() -> None:
-    platform = FakePlatform(traffic=["x"] * 3)
+    platform = FakePlatform(traffic=["x", "y", "z"])
     status, _ = _run(platform, FakeGates(p_value=0.0))
     assert status.phase is Phase.PROMOTED
     drift = status.gate("drift")
@@ -478,3 +478,10 @@ def test_abort_after_the_switch_rolls_back() -> None:
 def test_abort_leaves_a_finished_promotion_alone() -> None:
     st = PromotionStatus(phase=Phase.PROMOTED)
     assert machine.abort(st, FakePlatform(), T0, "late error") == st
+
+
+def test_drift_gate_tests_distinct_texts_only() -> None:
+    platform = FakePlatform(traffic=["same text"] * 100)
+    status, _ = _run(platform, FakeGates(p_value=0.0))
+    drift = status.gate("drift")
+    assert drift is not None and "skipped: only 1 live texts" in drift.detail

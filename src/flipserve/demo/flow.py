@@ -12,6 +12,7 @@ It drives the same state machine, copier, gates and server as the cluster.
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -113,7 +114,11 @@ def run(
         server_command=server_command,
         server_env={"FLIPSERVE_DRIFT_INTERVAL_S": "2", "FLIPSERVE_LOG_LEVEL": "WARNING"},
     )
-    platform.stop_all()
+    platform.stop_all()  # a previous demo's processes, then its state: every run starts fresh
+    shutil.rmtree(platform.root, ignore_errors=True)
+    platform = LocalPlatform(
+        platform.root, server_command=server_command, server_env=platform.server_env
+    )
     result = DemoResult()
     try:
         _flow(platform, targets, data, settings, result)
@@ -156,7 +161,8 @@ def _promote(
         max_error_rate=settings.max_error_rate,
         max_p99_latency_ms=max(settings.max_p99_latency_ms, 5000.0),
     )
-    gates = HttpGates(data.heldout_texts, data.heldout_labels, embedding_drift(platform))
+    drift = embedding_drift(platform, settings.drift_backend, settings.drift_p_value)
+    gates = HttpGates(data.heldout_texts, data.heldout_labels, drift)
     console.rule(f"promote {target.version}")
     follower = Follower(spec, console)
     status = runner.run_local(spec, platform, gates, on_step=follower)

@@ -29,6 +29,7 @@ REFERENCE_SIZE = 200
 class Recipe:
     description: str
     rows: list[tuple[str, str]]
+    reference: list[str]
     epochs: int = 1
     lr: float = 1e-4
     batch_size: int = 16
@@ -39,9 +40,15 @@ def recipes(data: DemoData) -> dict[str, Recipe]:
         (t, lab) for (t, _), (_, lab) in zip(data.train, _shuffled(data.train), strict=True)
     ]
     return {
-        "v1": Recipe(f"{len(data.train) // 5} tweets", data.train[: len(data.train) // 5]),
-        "v2": Recipe(f"{len(data.train)} tweets", data.train),
-        "v3": Recipe("shuffled labels (deliberately worse)", shuffled[: len(data.train) // 5]),
+        "v1": Recipe(
+            f"{len(data.train) // 5} tweets", data.train[: len(data.train) // 5], data.reference
+        ),
+        "v2": Recipe(f"{len(data.train)} tweets", data.train, data.reference),
+        "v3": Recipe(
+            "shuffled labels (deliberately worse)",
+            shuffled[: len(data.train) // 5],
+            data.reference,
+        ),
     }
 
 
@@ -107,7 +114,7 @@ def train(recipe: Recipe, out: Path, version: str, seed: int) -> Path:
         "metrics": {},
     }
     (out / artifact.METADATA).write_text(json.dumps(metadata, indent=1))
-    reference = [t for t, _ in recipe.rows[:REFERENCE_SIZE]]
+    reference = recipe.reference[:REFERENCE_SIZE]
     embeddings = TextClassifier(model, tokenizer, metadata).embed(reference)
     (out / "drift").mkdir()
     np.save(out / "drift" / "reference.npy", embeddings.astype(np.float32))

@@ -59,6 +59,8 @@ def print_status(platform: LocalPlatform, console: Console | None = None) -> Non
     for colour in ("blue", "green"):
         target: dict[str, Any] = state["targets"].get(colour) or {}
         serving = "● active" if active and active.colour.value == colour else ""
+        if serving and not platform.api_url:
+            serving += " (stopped)"
         scores = ""
         if production.get("target", {}).get("digest") == target.get("digest") and target:
             scores = _scores(production.get("scores", {}))
@@ -68,6 +70,8 @@ def print_status(platform: LocalPlatform, console: Console | None = None) -> Non
     console.print(table)
     if platform.api_url:
         console.print(f"API: {platform.api_url}/predict")
+    elif active is not None:
+        console.print("the local API is stopped; `flipserve rollback` or a promotion restarts it")
     history = Table(title="last promotions")
     for col in ("version", "phase", "from→to", "score", "drift p", "reason"):
         history.add_column(col)
@@ -81,7 +85,7 @@ def print_status(platform: LocalPlatform, console: Console | None = None) -> Non
             f"{st.from_colour or '-'}→{st.to_colour or '-'}",
             "-" if metric is None else f"{metric:.3f}",
             "-" if st.drift_p_value is None else f"{st.drift_p_value:.3g}",
-            st.reason[:70],
+            st.reason,
         )
     console.print(history)
 

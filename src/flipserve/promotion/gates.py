@@ -118,18 +118,12 @@ def labels_from_response(body: Any) -> list[str]:
 def classification_scores(
     references: Sequence[str], predictions: Sequence[str]
 ) -> dict[str, float]:
-    """Accuracy and macro-F1 of predicted labels (labels seen in either list count)."""
+    """accuracy, macro_f1 and per-label F1 (flipserve.metrics, the project's evaluate metrics)."""
     if len(references) != len(predictions) or not references:
         raise ValueError(f"{len(references)} references vs {len(predictions)} predictions")
-    labels = sorted(set(references) | set(predictions))
-    f1s = []
-    for label in labels:
-        tp = sum(r == p == label for r, p in zip(references, predictions, strict=True))
-        fp = sum(p == label != r for r, p in zip(references, predictions, strict=True))
-        fn = sum(r == label != p for r, p in zip(references, predictions, strict=True))
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    accuracy = sum(r == p for r, p in zip(references, predictions, strict=True)) / len(references)
-    return {"accuracy": accuracy, "macro_f1": sum(f1s) / len(f1s)}
+    from flipserve.metrics import score_classification  # evaluate is slow to import
+
+    return score_classification(list(predictions), list(references))
 
 
 # --- the HTTP runner ----------------------------------------------------------

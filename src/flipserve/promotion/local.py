@@ -120,6 +120,8 @@ class LocalPlatform:
                 return
             _terminate(job["pid"])  # a leftover copy of another target must not race this one
         self._stop_server(state, colour)  # a standby must not read a volume being rewritten
+        if (state.get("standby") or {}).get("colour") == colour.value:
+            state["standby"] = None  # its previous model is about to be overwritten
         cmd = [self.python, "-m", "flipserve", "copy", "--uri", target.uri]
         cmd += ["--digest", target.digest, "--version", target.version]
         cmd += ["--volume", str(self.volume(colour)), "--colour", colour.value]
@@ -225,6 +227,9 @@ class LocalPlatform:
         body = self._admin("PUT", "/-/backend", json={"url": url, "colour": colour.value})
         state = self.load()
         changed = state.get("active") != colour.value or bool(body and body.get("changed"))
+        previous = state.get("active")
+        if previous and previous != colour.value:  # what a rollback returns to
+            state["standby"] = {"colour": previous, "target": state["targets"].get(previous)}
         state["active"] = colour.value
         if target is not None:
             state["targets"][colour.value] = target.model_dump(mode="json")
@@ -265,8 +270,19 @@ class LocalPlatform:
     # --- beyond the protocol: rollback, history, teardown ---------------------
 
     def standby_ready(self) -> bool:
+        """Whether the idle colour still holds the model that served before the last switch.
+
+        After a failed promotion the idle colour holds the refused candidate:
+        that is not something to roll back to.
+        """
         active = self.active()
-        return active is not None and _ready_digest(self.volume(active.colour.other)) is not None
+        standby = self.load().get("standby") or {}
+        target = standby.get("target") or {}
+        return (
+            active is not None
+            and standby.get("colour") == active.colour.other.value
+            and _ready_digest(self.volume(active.colour.other)) == target.get("digest")
+        )
 
     def target_on(self, colour: Colour) -> ModelTarget | None:
         raw = self.load()["targets"].get(colour.value)
@@ -286,11 +302,11 @@ class LocalPlatform:
             self._stop_server(state, colour)
         for job in state["copies"].values():
             _terminate(job["pid"])
+        state["copies"] = {}
         if state.get("proxy"):
             _terminate(state["proxy"]["pid"])
             state["proxy"] = None
-        state["active"] = None
-        self.save(state)
+        self.save(state)  # the active colour stays: the next switch restarts what it needs
 
     # --- internals --------------------------------------------------------
 
@@ -425,25 +441,25 @@ def _terminate(pid: int, grace: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def embedding_drift(platform: LocalPlatform) -> Callable[[Colour, list[str]], float]:
-    """A drift function for the gate: embed with the colour's own model, KS vs its reference.
+def embedding_drift(
+    platform: LocalPlatform, backend: str = "ks", threshold: float = 0.05
+) -> Callable[[Colour, list[str]], float]:
+    """A drift function for the gate: embed with the colour's own model, test vs its reference.
 
-    Per-dimension two-sample KS tests with a Bonferroni correction (what
-    alibi-detect's ``KSDrift`` does); flipserve.drift's detectors replace
-    this once they land.
+    The candidate model embeds the live texts (mean of its last hidden layer,
+    as at training time), and flipserve.drift's detector compares them with
+    the ``drift/reference.npy`` saved in the artifact.
     """
 
     def drift(colour: Colour, texts: list[str]) -> float:
         import numpy as np
-        from scipy.stats import ks_2samp
 
+        from flipserve.drift import make_detector
         from flipserve.modeling import TextClassifier
 
         model_dir = platform.volume(colour) / artifact.MODEL_SUBDIR
         reference = np.load(model_dir / "drift" / "reference.npy")
         sample = TextClassifier.load(model_dir).embed(texts)
-        dims = reference.shape[1]
-        p_min = min(float(ks_2samp(reference[:, i], sample[:, i]).pvalue) for i in range(dims))
-        return float(min(1.0, p_min * dims))
+        return float(make_detector(backend, reference, threshold).test(sample).p_value)
 
     return drift

@@ -255,7 +255,8 @@ def _drift_gate(
     if spec.skip_drift_gate or st.from_colour is None:
         result = g.skipped_drift("no live traffic yet" if st.from_colour is None else "disabled")
     else:
-        sample = platform.traffic_sample(spec.drift_sample_size)
+        # Repeats (retries, load tests) are not independent evidence: test distinct texts.
+        sample = list(dict.fromkeys(platform.traffic_sample(spec.drift_sample_size)))
         if len(sample) < MIN_DRIFT_SAMPLE:
             result = g.skipped_drift(f"only {len(sample)} live texts (< {MIN_DRIFT_SAMPLE})")
         else:
