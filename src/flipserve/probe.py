@@ -13,10 +13,9 @@ contract with ``server/``:
 - ``GET /metrics`` — Prometheus text: ``flipserve_requests_total{endpoint,status}``
   (5xx are errors), the ``flipserve_request_latency_seconds`` histogram, the
   ``flipserve_drift_p_value`` and ``flipserve_drift`` gauges;
-- ``POST /drift`` ``{"texts": [...]}`` → ``{"p_value"}``: the drift gate's test of
-  live texts against the *candidate's* reference, run by the preview server that
-  holds it. The server does not offer this yet (it has ``GET /drift``, the online
-  test of its own traffic); see docs/controller.md.
+- ``POST /drift`` ``{"texts": [...]}`` → ``{"p_value", ...}``: the drift gate's test
+  of live texts against the *candidate's* reference, run by the preview server that
+  holds it (``GET /drift`` is the online test of a server's own traffic).
 
 :class:`HttpProbe` also is the Kubernetes backend's ``GateRunner`` (score, drift).
 """

@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     drift_window: int = 256
     drift_min_samples: int = 64
     drift_interval_s: float = 10.0
+    drift_test_max_texts: int = 4096
+    """Most texts one ``POST /drift`` (the promotion's drift gate) may test."""
 
     # --- promotion (promotion/, copier.py, controller.py) ------------------
     release: str = "flipserve"

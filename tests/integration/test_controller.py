@@ -274,8 +274,8 @@ def test_verification_score_and_observe_use_a_real_model_server(
     whatever it is: the margin is set to let any measured score through, and the test
     checks that the score was measured through the server, the digest verified against
     what the server loaded, and the API's metrics observed. The drift gate is skipped:
-    the server has no endpoint yet for testing live texts against a candidate's
-    reference (docs/controller.md).
+    an untrained model's verdict on this traffic would be arbitrary; the server's
+    ``POST /drift`` has its own tests (test_server.py).
     """
     h.promoted("v1", model("v1", 0.7))
     volume = h.tmp / "green"

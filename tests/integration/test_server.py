@@ -196,3 +196,27 @@ def test_drift_flags_emails_but_not_held_out_tweets(
     mail = _drift_after(served, emails(128))
     assert mail["drift"] is True, mail
     assert mail["p_value"] < 0.05
+
+
+def test_post_drift_tests_a_given_sample_without_counting_it_as_live_traffic(
+    served: ServerProcess, server_tweets: list[str]
+) -> None:
+    if not (spam_dir() / "spam-2").is_dir():
+        pytest.skip("spam-assassin emails missing: run `make data`")
+    before = httpx.get(served.url + "/drift").json()["seen_samples"]
+    tweets = post(served, "/drift", {"texts": server_tweets[400:496]})
+    assert tweets.status_code == 200, tweets.text
+    assert tweets.json()["n"] == 96 and tweets.json()["drift"] is False, tweets.json()
+    # The first 150 characters of each email keep the body under the test server's limit.
+    mail = post(served, "/drift", {"texts": [m[:150] for m in emails(96)]})
+    assert mail.status_code == 200, mail.text
+    assert mail.json()["drift"] is True and mail.json()["p_value"] < 0.05, mail.json()
+    assert httpx.get(served.url + "/drift").json()["seen_samples"] == before
+    sample = httpx.get(
+        served.url + "/traffic/sample",
+        params={"n": 100_000},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    ).json()["texts"]
+    assert server_tweets[400] not in sample
+    assert post(served, "/drift", {"texts": ["only one"]}).status_code == 400
+    assert post(served, "/drift", {"texts": ["fine", ""]}).status_code == 400

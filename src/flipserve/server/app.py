@@ -88,6 +88,19 @@ class DriftStatus(BaseModel):
     tested_at: float | None
 
 
+class DriftTestRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    texts: list[str] = Field(examples=[["great", "awful"]])
+
+
+class DriftTestResult(BaseModel):
+    drift: bool
+    p_value: float
+    threshold: float
+    n: int
+    backend: str
+
+
 class FeedbackExample(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str
@@ -147,6 +160,22 @@ def build_router(model: FlipserveModel) -> APIRouter:
     async def drift() -> dict[str, Any]:
         """The last online drift test of recent traffic against the model's reference sample."""
         return model.monitor.status()
+
+    @router.post("/drift", response_model=DriftTestResult)
+    async def drift_test(body: DriftTestRequest) -> DriftTestResult:
+        """Test ``texts`` against this model's reference sample (the promotion's drift gate).
+
+        The texts do not count as live traffic: neither the online window nor
+        the traffic sample sees them.
+        """
+        result = await model.drift_test(body.texts)
+        return DriftTestResult(
+            drift=result.drift,
+            p_value=result.p_value,
+            threshold=result.threshold,
+            n=result.n,
+            backend=result.backend,
+        )
 
     @router.post("/feedback", response_model=FeedbackResponse)
     async def feedback(

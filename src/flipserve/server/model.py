@@ -22,7 +22,7 @@ import numpy as np
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from flipserve import artifact
-from flipserve.drift import make_detector
+from flipserve.drift import DriftResult, make_detector
 from flipserve.errors import InvalidInputError, ModelNotReadyError, PayloadTooLargeError
 from flipserve.modeling import Batch, TextClassifier
 from flipserve.server import telemetry
@@ -175,6 +175,27 @@ class FlipserveModel(kserve.Model):  # type: ignore[misc]
             }
             for probs, truncated in zip(batch.probs, batch.truncated, strict=True)
         ]
+
+    async def drift_test(self, texts: Sequence[object]) -> DriftResult:
+        """Test ``texts`` against this model's drift reference (the promotion's drift gate).
+
+        The texts are embedded by this model in chunks through the batcher, but
+        they are not live traffic: they enter neither the online window nor the
+        traffic sample.
+        """
+        limit = self.settings.drift_test_max_texts
+        if len(texts) > limit:
+            raise PayloadTooLargeError(f"{len(texts)} texts to test; the limit is {limit}")
+        if len(texts) < 2:
+            raise InvalidInputError("a drift test needs at least 2 texts")
+        if not self.ready or self.classifier is None:
+            raise ModelNotReadyError(self.not_ready_reason)
+        step = self.settings.max_items_per_request
+        parts = []
+        for i in range(0, len(texts), step):
+            chunk = self.check_texts(texts[i : i + step])
+            parts.append((await self.batcher.submit(chunk)).embeddings)
+        return await asyncio.to_thread(self.monitor.test_sample, np.concatenate(parts))
 
     async def predict(
         self, payload: dict[str, Any] | InferRequest, headers: dict[str, str] | None = None

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from flipserve.drift import Detector, DriftResult, Embeddings
+from flipserve.errors import ModelNotReadyError
 from flipserve.server import telemetry
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ class DriftMonitor:
     def __init__(self, window: int, min_samples: int, interval_s: float, threshold: float) -> None:
         self._window: deque[np.ndarray[Any, Any]] = deque(maxlen=max(2, window))
         self._lock = threading.Lock()
+        self._test_lock = threading.Lock()  # a detector may not be thread-safe (alibi's is torch)
         self.min_samples = max(2, min_samples)
         self.interval_s = interval_s
         self.threshold = threshold
@@ -57,11 +59,19 @@ class DriftMonitor:
         window, seen = self._snapshot()
         if window is None:
             return None
-        result = self.detector.test(window)
+        with self._test_lock:
+            result = self.detector.test(window)
         self.last, self.tested_seen, self.tested_at = result, seen, time.time()
         telemetry.DRIFT_P_VALUE.set(result.p_value)
         telemetry.DRIFT.set(int(result.drift))
         return result
+
+    def test_sample(self, sample: Embeddings) -> DriftResult:
+        """Test an explicit sample (not the live window) against the reference; blocking."""
+        if self.detector is None:
+            raise ModelNotReadyError("this model has no drift reference (drift/reference.npy)")
+        with self._test_lock:
+            return self.detector.test(sample)
 
     async def run_forever(self) -> None:
         while True:
