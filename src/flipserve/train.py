@@ -54,7 +54,7 @@ class TrainConfig:
 
 CONFIGS = {
     # Sized for <= 10 minutes on 2 CPU cores (bench/train.py measures it).
-    "default": TrainConfig(max_train_examples=4000, learning_rate=1e-4),
+    "default": TrainConfig(max_train_examples=10000, learning_rate=1e-4),
     # For tests: well under a minute, still a real fine-tune.
     "tiny": TrainConfig(
         max_length=32,
