@@ -22,7 +22,6 @@ from flipserve.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from flipserve.promotion.local import LocalPlatform
-    from flipserve.promotion.status import ModelTarget, PromotionSpec
     from flipserve.refs import ModelRef
 
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -413,14 +412,12 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
     from flipserve.promotion.follow import Follower
     from flipserve.promotion.gates import HttpGates
     from flipserve.promotion.local import embedding_drift
-    from flipserve.promotion.status import ModelTarget
+    from flipserve.promotion.status import ModelTarget, PromotionSpec
 
     target = ModelTarget.from_ref_file(args.ref)
-    spec = spec_from_settings(target, settings)
-    if args.observe_seconds is not None:
-        spec.observe_seconds = args.observe_seconds
-    if args.margin is not None:
-        spec.score_margin = args.margin
+    spec = PromotionSpec.from_settings(
+        target, settings, observe_seconds=args.observe_seconds, score_margin=args.margin
+    )
     platform = _local_platform(args, settings)
     texts, labels = _heldout(args.heldout or settings.heldout_path, settings.heldout_size)
     drift = embedding_drift(platform, settings.drift_backend, settings.drift_p_value)
@@ -429,23 +426,6 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
     status = runner.run_local(spec, platform, gates, on_step=follower)
     follower.verdict(status)
     return _OUTCOME_EXIT.get(status.phase.value, 1)
-
-
-def spec_from_settings(target: ModelTarget, settings: Settings) -> PromotionSpec:
-    from flipserve.promotion.status import PromotionSpec
-
-    return PromotionSpec(
-        target=target,
-        score_metric=settings.score_metric,
-        score_margin=settings.score_margin,
-        drift_p_value=settings.drift_p_value,
-        drift_sample_size=settings.drift_sample_size,
-        observe_seconds=settings.observe_seconds,
-        max_error_rate=settings.max_error_rate,
-        max_p99_latency_ms=settings.max_p99_latency_ms,
-        copy_timeout_seconds=settings.copy_timeout_seconds,
-        ready_timeout_seconds=settings.ready_timeout_seconds,
-    )
 
 
 def _heldout(path: Path | None, size: int) -> tuple[list[str], list[str]]:

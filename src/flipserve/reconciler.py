@@ -77,17 +77,10 @@ class PromotionRequest(_Camel):
         return ModelTarget(name=m.name, version=m.version, uri=m.uri, digest=digest)
 
     def machine_spec(self, settings: Settings) -> PromotionSpec:
-        return PromotionSpec(
-            target=self.target(),
-            score_metric=settings.score_metric,
-            score_margin=settings.score_margin if self.score_margin is None else self.score_margin,
-            drift_p_value=settings.drift_p_value,
-            observe_seconds=settings.observe_seconds,
-            max_error_rate=settings.max_error_rate,
-            max_p99_latency_ms=settings.max_p99_latency_ms,
-            copy_timeout_seconds=settings.copy_timeout_s,
-            ready_timeout_seconds=settings.preview_timeout_s,
-            rollout_timeout_seconds=settings.rollout_timeout_s,
+        return PromotionSpec.from_settings(
+            self.target(),
+            settings,
+            score_margin=self.score_margin,
             skip_drift_gate=self.skip_drift_gate,
         )
 

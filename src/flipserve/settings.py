@@ -108,8 +108,12 @@ class Settings(BaseSettings):
     heldout_size: int = 500
     """How many of the test split's rows the score gate sends through the preview server."""
     drift_sample_size: int = 200
-    copy_timeout_seconds: float = 600.0
-    ready_timeout_seconds: float = 300.0
+    copy_timeout_seconds: float = 1800.0
+    """A copy (local copier or the cluster's copy Job) that takes longer fails the promotion."""
+    ready_timeout_seconds: float = 600.0
+    """How long the preview server may take to become ready."""
+    rollout_timeout_seconds: float = 600.0
+    """How long the API's switch (a rolling update in a cluster) may take."""
 
     # --- controller (controller.py, kube.py) ---------------------------------
     kubeconfig: Path | None = None
@@ -122,9 +126,6 @@ class Settings(BaseSettings):
     """How often the controller steps each unfinished Promotion."""
     controller_lease_s: float = 15.0
     """Leader-election Lease duration; a standby takes over this long after a crash."""
-    copy_timeout_s: float = 1800.0
-    preview_timeout_s: float = 600.0
-    rollout_timeout_s: float = 600.0
     service_urls: dict[str, str] = Field(default_factory=dict)
     """Overrides of the in-cluster URLs the gates call, by role (``preview``, ``api``).
 

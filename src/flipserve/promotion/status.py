@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from flipserve.errors import RefError
+from flipserve.settings import Settings
 
 
 class Phase(StrEnum):
@@ -110,6 +111,26 @@ class PromotionSpec(BaseModel):
     rollout_timeout_seconds: float = 300.0
     skip_drift_gate: bool = False
     """For a first deployment there is no live traffic to test; the machine skips it by itself."""
+
+    @classmethod
+    def from_settings(
+        cls, target: ModelTarget, settings: Settings, **overrides: Any
+    ) -> PromotionSpec:
+        """The spec the settings describe, for both backends; ``overrides`` win when not None."""
+        values: dict[str, Any] = {
+            "score_metric": settings.score_metric,
+            "score_margin": settings.score_margin,
+            "drift_p_value": settings.drift_p_value,
+            "drift_sample_size": settings.drift_sample_size,
+            "observe_seconds": settings.observe_seconds,
+            "max_error_rate": settings.max_error_rate,
+            "max_p99_latency_ms": settings.max_p99_latency_ms,
+            "copy_timeout_seconds": settings.copy_timeout_seconds,
+            "ready_timeout_seconds": settings.ready_timeout_seconds,
+            "rollout_timeout_seconds": settings.rollout_timeout_seconds,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(target=target, **values)
 
 
 class GateResult(BaseModel):
