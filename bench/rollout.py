@@ -1,6 +1,6 @@
 """Blue/green rollout under sustained load, local mode, against a naive stop/start switch.
 
-    python bench/rollout.py [--server flipserve|standin] [--min-requests 10000]
+    python bench/rollout.py [--min-requests 10000]
 
 Trains (or reuses) two small demo models, serves v1 through the local
 platform, keeps a closed-loop load generator running, promotes v2 (copy,
@@ -42,11 +42,6 @@ from flipserve.promotion.status import Colour, ModelTarget, Phase, PromotionSpec
 from flipserve.settings import Settings  # noqa: E402
 
 SERVER_ENV = {"FLIPSERVE_LOG_LEVEL": "WARNING"}
-
-
-def standin_command(volume: Path, port: int, colour: Colour) -> list[str]:
-    script = ROOT / "tests" / "integration" / "standin_model_server.py"
-    return [sys.executable, str(script), str(volume), str(port), colour.value]
 
 
 def models(work: Path) -> dict[str, ModelTarget]:
@@ -184,7 +179,6 @@ def naive_switch(args, work, data, server_command) -> dict:  # type: ignore[no-u
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--server", choices=["flipserve", "standin"], default="flipserve")
     parser.add_argument("--min-requests", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument(
@@ -198,7 +192,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings()
     work = settings.cache_dir / "bench-rollout"
-    server_command = standin_command if args.server == "standin" else default_server_command
+    server_command = default_server_command
     data = demo_data.load(settings.cache_dir, seed=settings.seed)
     targets = models(work)
     ours = flipserve_rollout(args, work, targets, data, server_command)
@@ -206,7 +200,7 @@ def main() -> None:
     result = {
         "command": "python " + " ".join(["bench/rollout.py", *sys.argv[1:]]),
         "cores": os.cpu_count(),
-        "server": args.server,
+        "server": "flipserve",
         **ours,
         "baseline_naive_stop_start": naive,
         "failed_ratio_vs_naive": ours["failed"] / naive["failed"] if naive["failed"] else None,

@@ -188,7 +188,7 @@ def test_drift_flags_emails_but_not_held_out_tweets(
     served: ServerProcess, server_tweets: list[str]
 ) -> None:
     if not (spam_dir() / "spam-2").is_dir():
-        pytest.skip("spam-assassin emails missing: run `make data`")
+        pytest.fail("spam-assassin emails missing: run `make data`", pytrace=False)
     tweets = _drift_after(served, server_tweets[200:328])
     assert tweets["window"] == 128
     assert tweets["drift"] is False, tweets
@@ -202,7 +202,7 @@ def test_post_drift_tests_a_given_sample_without_counting_it_as_live_traffic(
     served: ServerProcess, server_tweets: list[str]
 ) -> None:
     if not (spam_dir() / "spam-2").is_dir():
-        pytest.skip("spam-assassin emails missing: run `make data`")
+        pytest.fail("spam-assassin emails missing: run `make data`", pytrace=False)
     before = httpx.get(served.url + "/drift").json()["seen_samples"]
     tweets = post(served, "/drift", {"texts": server_tweets[400:496]})
     assert tweets.status_code == 200, tweets.text
