@@ -43,6 +43,13 @@ def test_predict_answers_label_scores_and_model_headers(served: ServerProcess) -
     assert scores(single[0]) == pytest.approx(scores(body["predictions"][0]), abs=1e-5)
 
 
+def test_no_access_log_line_per_request_by_default(served: ServerProcess) -> None:
+    """FLIPSERVE_ACCESS_LOG defaults to off: a request costs no log line (the hot path)."""
+    for _ in range(3):
+        assert post(served, "/predict", {"text": "quiet please"}).status_code == 200
+    assert "POST /predict" not in served.log.read_text(errors="replace")
+
+
 def test_concurrent_requests_are_batched_and_match_unbatched(
     served: ServerProcess, server_tweets: list[str]
 ) -> None:

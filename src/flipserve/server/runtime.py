@@ -63,6 +63,13 @@ class _RESTServer(RESTServer):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.config.host = host
         self.config.access_log = access_log
+        if not access_log:
+            # uvicorn decides on access logging when its Config is built (the
+            # logger has handlers or not); KServe builds it with logging on, so
+            # setting the flag afterwards alone still logged every request.
+            access = logging.getLogger("uvicorn.access")
+            access.handlers = []
+            access.propagate = False
         self._server = uvicorn.Server(self.config)
 
     def _add_middlewares(self, app: Any) -> None:
