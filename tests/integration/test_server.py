@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from flipserve.server.app import PredictResponse
 from tests.integration.conftest import TOKEN
 from tests.integration.server_support import LABELS, ServerProcess, emails, spam_dir
 
@@ -32,6 +33,7 @@ def test_predict_answers_label_scores_and_model_headers(served: ServerProcess) -
     assert r.headers["X-Model-Version"] == "tiny-1"
     assert r.headers["X-Model-Colour"] == "blue"
     body = r.json()
+    assert PredictResponse.model_validate(body).model_dump() == body  # the documented shape
     assert body["version"] == "tiny-1" and body["colour"] == "blue"
     assert len(body["predictions"]) == 2
     for p in body["predictions"]:
