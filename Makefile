@@ -281,7 +281,7 @@ test-server: setup data ## The model server's tests (unit + integration)
 
 .PHONY: bench-serve
 bench-serve: setup ## Benchmark the server against raw forward passes, a naive server and MLServer
-	nice $(PY) bench/serve.py
+	nice $(PY) bench/serve.py --rounds 3 --duration 5
 
 ##@ Foundation: train, evaluate, publish, benchmarks
 
