@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -242,6 +243,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.model_copy(update=updates)
     # KServe parses sys.argv when imported; ours are not its options.
     sys.argv = sys.argv[:1]
+    # Before torch loads OpenMP: idle intra-op threads sleep instead of
+    # spinning. Spinning threads burn a pod's CPU quota, and wherever the
+    # cores are shared (two colours in local mode, a busy node) a preempted
+    # spinner stalls every forward pass: batch-1 throughput fell from 24 to 3
+    # per second on a loaded 2-core machine. OMP_WAIT_POLICY=ACTIVE opts out.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from flipserve.server.model import FlipserveModel
     from flipserve.server.runtime import FlipserveServer
 

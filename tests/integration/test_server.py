@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,12 @@ def test_predict_answers_label_scores_and_model_headers(served: ServerProcess) -
         assert p["truncated"] is False
     single = post(served, "/predict", {"text": "what a lovely day"}).json()["predictions"]
     assert scores(single[0]) == pytest.approx(scores(body["predictions"][0]), abs=1e-5)
+
+
+def test_openmp_threads_sleep_when_idle_by_default(served: ServerProcess) -> None:
+    """Spinning OpenMP threads stall forward passes wherever cores are shared."""
+    expected = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")  # an explicit policy wins
+    assert f"OMP_WAIT_POLICY={expected}" in served.log.read_text(errors="replace")
 
 
 def test_no_access_log_line_per_request_by_default(served: ServerProcess) -> None:

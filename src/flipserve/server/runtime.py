@@ -100,7 +100,11 @@ class FlipserveServer(kserve.ModelServer):  # type: ignore[misc]
     def serve(self, model: FlipserveModel) -> None:
         """Load (if READY), serve until SIGTERM/SIGINT, drain, return."""
         threads = configure_torch(self.settings.torch_threads)
-        log.info("torch intra-op threads: %d", threads)
+        log.info(
+            "torch intra-op threads: %d, OMP_WAIT_POLICY=%s",
+            threads,
+            os.environ.get("OMP_WAIT_POLICY", "(unset)"),
+        )
         if not model.load():
             log.warning(
                 "starting unready: %s (re-checking every %.1fs)",
