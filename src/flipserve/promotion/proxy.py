@@ -9,6 +9,10 @@ platform needs for the observe gate (per-colour request outcomes and
 latencies) and a ring buffer of recent ``/predict`` texts as a fallback
 traffic sample.
 
+Upstream calls go through one aiohttp session: httpx's async pool costs so
+much CPU per request that on 2 cores the proxy, not the model, set the
+ceiling.
+
 Admin routes live under ``/-/`` and need the ``X-Flipserve-Admin`` token
 the platform generated; everything else is forwarded.
 """
@@ -24,8 +28,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 import uvicorn
+import yarl
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -79,7 +84,7 @@ class ProxyState:
 
 
 def build_app(state: ProxyState, timeout: float = 60.0) -> Starlette:
-    client = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=256))
+    sessions: list[aiohttp.ClientSession] = []  # made in the lifespan, on the server's loop
 
     def authorised(request: Request) -> bool:
         return request.headers.get(ADMIN_HEADER) == state.token
@@ -118,18 +123,19 @@ def build_app(state: ProxyState, timeout: float = 60.0) -> Starlette:
         backend.in_flight += 1
         start = time.monotonic()
         ok = False
+        url = backend.url + request.url.path
+        if request.url.query:
+            url += "?" + request.url.query
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         try:
-            upstream = await client.request(
-                request.method,
-                backend.url + request.url.path,
-                params=request.query_params,
-                content=body,
-                headers={k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS},
-            )
-            ok = upstream.status_code < 500
-            headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
-            return Response(upstream.content, upstream.status_code, headers=headers)
-        except httpx.HTTPError as e:
+            async with sessions[0].request(
+                request.method, yarl.URL(url, encoded=True), data=body, headers=headers
+            ) as upstream:
+                content = await upstream.read()
+                ok = upstream.status < 500
+                back = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
+                return Response(content, upstream.status, headers=back)
+        except (aiohttp.ClientError, TimeoutError) as e:
             return JSONResponse({"error": f"backend {backend.colour}: {e!r}"}, status_code=502)
         finally:
             backend.in_flight -= 1
@@ -146,8 +152,15 @@ def build_app(state: ProxyState, timeout: float = 60.0) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        sessions.append(
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256),
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                auto_decompress=False,  # pass bodies through as the backend sent them
+            )
+        )
         yield
-        await client.aclose()
+        await sessions.pop().close()
 
     return Starlette(routes=routes, lifespan=lifespan)
 
