@@ -454,7 +454,7 @@ def _rollback(args: argparse.Namespace, settings: Settings) -> int:
     platform = _local_platform(args, settings)
     colour, seconds = runner.rollback_local(platform)
     print(f"rolled back: the API serves {colour} ({seconds:.2f}s)")
-    print("\n".join(production_lines(platform.records.uri, platform.production())))
+    print("\n".join(production_lines(platform.records.uri, *platform.records.read_or_why())))
     return 0
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
+from flipserve.errors import PromotionError
 from flipserve.loadgen import LoadGenerator
 from flipserve.promotion import runner
 from flipserve.promotion.gates import HttpGates
@@ -303,6 +304,27 @@ def test_rollback_writes_the_previous_record_back_and_status_shows_it(
     macro_f1 = first.candidate_scores["macro_f1"]
     assert f"macro_f1 {macro_f1:.4f}" in out.stdout
     assert "by release-a" in out.stdout
+
+
+def test_rollback_with_the_store_down_still_switches_and_says_the_record_was_not_restored(
+    s3_server: S3Server, s3_only: Settings, artifacts: Artifacts, make_platform: Factory
+) -> None:
+    platform = make_platform("release-a", s3_only)
+    _promote(platform, artifacts.publish("v1", RULES["v1"]))
+    assert _promote(platform, artifacts.publish("v2", RULES["v2"])).phase is Phase.PROMOTED
+    down = s3_only.model_copy(
+        update={"s3_endpoint_url": "http://127.0.0.1:9", "s3_connect_timeout": 0.5}
+    )
+    cut_off = make_platform("release-a", down)  # same root, its store unreachable
+
+    with pytest.raises(PromotionError) as e:
+        runner.rollback_local(cut_off)
+
+    assert str(e.value).startswith("rolled back: the API serves blue, but the production")
+    assert "cannot reach S3 at http://127.0.0.1:9" in str(e.value)
+    assert _version(platform) == "v1"  # users are back on v1 all the same
+    record, _ = _record(s3_only)
+    assert (record.target.version, record.generation) == ("v2", 2)
 
 
 def test_an_observe_breach_rolls_back_and_restores_the_record(

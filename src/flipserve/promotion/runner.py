@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from flipserve.errors import PromotionError
+from flipserve.errors import FlipserveError, PromotionError
 from flipserve.promotion.gates import GateRunner
 from flipserve.promotion.local import LocalPlatform
 from flipserve.promotion.machine import (
@@ -151,14 +151,15 @@ def rollback_local(platform: LocalPlatform) -> tuple[Colour, float]:
             time.sleep(0.05)
         seconds = time.monotonic() - start
         rolled_back = active.target if active else None
-        for _ in range(5):
-            note = restore_production(platform, rolled_back, back_to)
-            if note is not None:
-                log.info("rollback to %s: %s", colour, note)
-                break
-        else:
+        try:
+            for _ in range(5):
+                note = restore_production(platform, rolled_back, back_to)
+                if note is not None:
+                    log.info("rollback to %s: %s", colour, note)
+                    return colour, seconds
+            raise PromotionError("it kept changing while it was being restored")
+        except FlipserveError as e:
             raise PromotionError(
-                f"rolled back to {colour}, but the production record kept changing "
-                "while it was being restored; see `flipserve status`"
-            )
-        return colour, seconds
+                f"rolled back: the API serves {colour}, but the production record was not "
+                f"written back: {e}; see `flipserve status`"
+            ) from e
