@@ -372,8 +372,10 @@ def _rollback_kube(args: argparse.Namespace, settings: Settings) -> int:
 def _status_kube(args: argparse.Namespace, settings: Settings) -> int:
     from flipserve import promotions
     from flipserve.kube import Kube
+    from flipserve.store import Store
 
-    print(promotions.status_table(Kube.from_settings(settings), settings.release))
+    kube = Kube.from_settings(settings)
+    print(promotions.status_table(kube, settings.release, Store.open(settings)))
     return 0
 
 
@@ -382,10 +384,13 @@ def _local_args(p: argparse.ArgumentParser) -> None:
 
 
 def _local_platform(args: argparse.Namespace, settings: Settings) -> LocalPlatform:
+    """The local backend; its production record is the settings' store's (FLIPSERVE_STORE_URI)."""
     from flipserve.promotion.local import LocalPlatform
+    from flipserve.store import Store
 
     token = settings.api_token.get_secret_value() if settings.api_token else None
-    return LocalPlatform(args.local_root or settings.local_root, api_token=token)
+    root = args.local_root or settings.local_root
+    return LocalPlatform(root, api_token=token, store=Store.open(settings))
 
 
 def _copy(args: argparse.Namespace, settings: Settings) -> int:
@@ -451,9 +456,12 @@ def _heldout(path: Path | None, size: int) -> tuple[list[str], list[str]]:
 
 def _rollback(args: argparse.Namespace, settings: Settings) -> int:
     from flipserve.promotion import runner
+    from flipserve.promotion.production import production_lines
 
-    colour, seconds = runner.rollback_local(_local_platform(args, settings))
+    platform = _local_platform(args, settings)
+    colour, seconds = runner.rollback_local(platform)
     print(f"rolled back: the API serves {colour} ({seconds:.2f}s)")
+    print("\n".join(production_lines(platform.records.uri, *platform.records.read_or_why())))
     return 0
 
 

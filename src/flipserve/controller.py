@@ -31,9 +31,11 @@ from flipserve.errors import TemporaryError
 from flipserve.kube import GROUP, MERGE, PLURAL, VERSION, Credentials, Kube
 from flipserve.kubeplatform import KubePlatform, Urls
 from flipserve.probe import HttpProbe
+from flipserve.promotion.production import StoreProduction
 from flipserve.promotion.status import TERMINAL
 from flipserve.reconciler import PromotionRequest, dump_status, load_status, step
 from flipserve.settings import Settings
+from flipserve.store import PRODUCTION, Store
 
 log = logging.getLogger("flipserve.controller")
 _TERMINAL = frozenset(p.value for p in TERMINAL)
@@ -49,16 +51,23 @@ def service_urls(settings: Settings, release: str) -> Urls:
 
 
 class Reconciler:
-    """Steps one Promotion and writes its status back; what the kopf timer calls."""
+    """Steps one Promotion and writes its status back; what the kopf timer calls.
 
-    def __init__(self, settings: Settings, kube: Kube, probe: HttpProbe) -> None:
-        self.settings, self.kube, self.probe = settings, kube, probe
+    ``store`` holds the production record every promotion reads at Gating and
+    writes at the switch (the chart gives the controller the store's settings
+    and credentials, as it gives the copy Job).
+    """
+
+    def __init__(self, settings: Settings, kube: Kube, probe: HttpProbe, store: Store) -> None:
+        self.settings, self.kube, self.probe, self.store = settings, kube, probe, store
 
     def __call__(self, name: str, spec: dict[str, Any], status: dict[str, Any]) -> None:
         request = PromotionRequest.model_validate(dict(spec))
         release = request.release or self.settings.release
         urls = service_urls(self.settings, release)
-        platform = KubePlatform(self.kube, release, name, urls, self.probe)
+        who = f"controller {self.settings.namespace}/{release} promotion {name}"
+        records = StoreProduction(self.store, who)
+        platform = KubePlatform(self.kube, release, name, urls, self.probe, records)
         before = load_status(status)
         after = step(name, request, before, platform, self.probe, self.settings, self.is_live)
         old = dump_status(before, request, self.settings.score_metric)
@@ -175,7 +184,9 @@ def run(settings: Settings) -> int:
     lease = LeaderLease(kube, f"{settings.release}-controller", settings.controller_lease_s)
     lease.acquire()
     lease.keep()
-    registry = build_registry(settings, Reconciler(settings, kube, probe), kube.creds)
+    store = Store.open(settings)
+    log.info("production record: %s/%s", store.uri, PRODUCTION)
+    registry = build_registry(settings, Reconciler(settings, kube, probe, store), kube.creds)
     try:
         kopf.run(
             registry=registry,

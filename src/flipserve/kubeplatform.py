@@ -6,8 +6,12 @@ the PVCs ``<fullname>-model-blue`` / ``-green`` and the copy Job template in the
 ConfigMap ``<fullname>-copy-job-template`` (key ``job.yaml``).
 
 The API Deployment is the release's record: its annotations hold the active
-colour, model version and digest, the previous ones (for rollback), and the
-lock naming the one Promotion allowed to change it. Every operation here is
+colour, model version, digest and scores, the previous ones (for rollback),
+and the lock naming the one Promotion allowed to change it. What is in
+production (and the scores a candidate must beat) is not kept here but in
+the store's production record, shared with every other promoter; the
+controller reaches the store with the chart's store settings and credentials
+(``FLIPSERVE_STORE_URI``, ``FLIPSERVE_S3_*``), as the copy Job does. Every operation here is
 idempotent, so a controller restarted at any point can repeat the step it was
 in: :meth:`KubePlatform.switch` returns early when the claim already matches
 (like Argo Rollouts' ``switchServiceSelector``) and emits an Event when it
@@ -27,7 +31,15 @@ import yaml  # type: ignore[import-untyped]
 from flipserve.errors import KubeError, PromotionError, TemporaryError
 from flipserve.kube import JSON_PATCH, Kube, Obj
 from flipserve.probe import HttpProbe
-from flipserve.promotion import ActiveModel, Colour, CopyProgress, CopyState, ModelTarget
+from flipserve.promotion import (
+    ActiveModel,
+    Colour,
+    CopyProgress,
+    CopyState,
+    ModelTarget,
+    Production,
+)
+from flipserve.promotion.production import StoreProduction
 from flipserve.promotion.status import ObservedMetrics
 
 
@@ -81,10 +93,16 @@ class KubePlatform:
     """The promotion ``Platform`` for one Promotion of one release (see module docstring)."""
 
     def __init__(
-        self, kube: Kube, fullname: str, promotion: str, urls: Urls, probe: HttpProbe
+        self,
+        kube: Kube,
+        fullname: str,
+        promotion: str,
+        urls: Urls,
+        probe: HttpProbe,
+        records: StoreProduction,
     ) -> None:
         self.kube, self.fullname, self.promotion = kube, fullname, promotion
-        self.urls, self.probe = urls, probe
+        self.urls, self.probe, self.records = urls, probe, records
         self.api_name = fullname
         self.preview_name = f"{fullname}-preview"
 
@@ -116,16 +134,11 @@ class KubePlatform:
         # The chart mounts a colour from the start; without a recorded model nothing serves.
         return None if target is None else ActiveModel(colour=state.active_colour, target=target)
 
-    def production_scores(self) -> dict[str, float]:
-        target = self.state().target()
-        return dict(target.scores) if target else {}
+    def production(self) -> Production | None:
+        return self.records.read()
 
-    def record_production(self, target: ModelTarget, scores: dict[str, float]) -> None:
-        """Keep the gate's scores with the active model's annotations (idempotent)."""
-        value = json.dumps(scores, sort_keys=True)
-        if self.state().annotations.get(MODEL_SCORES) != value:
-            patch = {"metadata": {"annotations": {MODEL_SCORES: value}}}
-            self.kube.patch(self.kube.path("deployments", self.api_name), patch)
+    def write_production(self, target: ModelTarget, expected_etag: str | None) -> Production:
+        return self.records.write(target, expected_etag)
 
     # --- lock: one promotion at a time per release -------------------------
 

@@ -16,6 +16,8 @@ from typing import Any
 from flipserve.errors import PromotionError, RefError
 from flipserve.kube import GROUP, KIND, PLURAL, VERSION, Kube, Obj
 from flipserve.kubeplatform import ACTIVE_COLOUR, LOCK, MODEL_DIGEST, MODEL_VERSION
+from flipserve.promotion.production import StoreProduction, production_lines
+from flipserve.store import Store
 
 Printer = Callable[[str], None]
 _TERMINAL = ("Promoted", "Failed", "RolledBack")
@@ -66,8 +68,9 @@ def follow(
         time.sleep(poll_s)
 
 
-def status_table(kube: Kube, release: str, last: int = 5) -> str:
-    """The release's active colour/version/digest and its last promotions, as a table."""
+def status_table(kube: Kube, release: str, store: Store | None = None, last: int = 5) -> str:
+    """The release's active colour/version/digest, the store's production record (when
+    ``store`` is given) and the release's last promotions, as a table."""
     dep = kube.get(kube.path("deployments", release))
     ann = dep["metadata"].get("annotations") or {}
     lines = [
@@ -77,6 +80,9 @@ def status_table(kube: Kube, release: str, last: int = 5) -> str:
     ]
     if ann.get(LOCK):
         lines.append(f"running  {ann[LOCK]}")
+    if store is not None:
+        records = StoreProduction(store, "")
+        lines += ["", *production_lines(records.uri, *records.read_or_why())]
     items = [p for p in kube.items(kube.path(PLURAL)) if (_release(p) or release) == release]
     items.sort(key=lambda p: p["metadata"]["creationTimestamp"], reverse=True)
     header = f"{'NAME':<22}{'PHASE':<12}{'FROM':<7}{'TO':<7}{'VERSION':<10}"

@@ -11,11 +11,15 @@ the machine it adds what only a cluster needs:
   promotion holds it, it stays Pending with the reason in its status, and the
   lock is dropped once the promotion is finished;
 - **rollback requests** (``spec.rollback: true``): switch to the idle colour,
-  whose volume still holds the previous model, wait for the rollout, RolledBack;
+  whose volume still holds the previous model, wait for the rollout, write
+  the store's production record back to that model (compare-and-swap, only
+  if it still names the model rolled back from), RolledBack;
 - **retry-later vs give-up**: TemporaryError and API failures that may heal
   (no connection, 409, 429, 5xx) propagate for the controller to retry with a
   delay and the status untouched; any other error ends the promotion — Failed
-  before the switch (the active colour never moved), a rollback after it.
+  before the switch (the active colour never moved), a rollback after it
+  (and in Switching, where the production record may already name the
+  target: the rollback step writes it back, then the promotion fails).
 
 The status written back is the machine's own (top-level keys in camelCase;
 ``phaseTimestamps`` for its phase times) plus the fields ``kubectl get
@@ -41,6 +45,7 @@ from flipserve.promotion import (
     PromotionSpec,
     PromotionStatus,
     reconcile,
+    restore_production,
     rollback_target,
 )
 from flipserve.settings import Settings
@@ -147,21 +152,35 @@ def step(
     except KubeError as e:
         if e.status in (0, 409, 429) or e.status >= 500:
             raise TemporaryError(str(e), delay=2.0) from e
-        new = give_up(status, platform, f"Kubernetes API: {e}", now)
+        new = give_up(status, platform, f"Kubernetes API: {e}", now, spec.rollback)
     except FlipserveError as e:
-        new = give_up(status, platform, str(e), now)
+        new = give_up(status, platform, str(e), now, spec.rollback)
     if new.done:
         platform.release()
     return new
 
 
 def give_up(
-    status: PromotionStatus, platform: KubePlatform, reason: str, now: datetime
+    status: PromotionStatus,
+    platform: KubePlatform,
+    reason: str,
+    now: datetime,
+    rollback_request: bool = False,
 ) -> PromotionStatus:
-    """A permanent error: roll back when the API may have moved, else fail where we are."""
+    """A permanent error: roll back when the API or the production record may have moved.
+
+    Once a promotion is in Switching the record may name the target, and after
+    ``switched_at`` the API may serve it: the machine's rollback step puts both
+    back (a first deployment, or an API that never moved, then ends Failed).
+    Earlier, and for rollback requests that have not switched, fail where we are.
+    """
     st = status.model_copy(deep=True)
-    if st.switched_at is not None and st.from_colour is not None:
+    may_have_moved = st.switched_at is not None or st.phase is Phase.SWITCHING
+    if may_have_moved and not rollback_request:
         st.rolling_back, st.rollback_reason, st.reason = True, reason, f"rolling back: {reason}"
+        return st
+    if rollback_request and st.switched_at is not None:
+        st.reason = f"retrying the rollback: {reason}"
         return st
     if st.to_colour is not None:
         with contextlib.suppress(FlipserveError):  # best effort: no user reaches the preview
@@ -206,7 +225,12 @@ def _continue_rollback(
     if not platform.rollout_done(st.to_colour):
         st.reason = f"waiting for the API rollout to {st.to_colour}"
         return st
-    return _enter(st, Phase.ROLLED_BACK, now, f"rolled back to {st.to_colour} on request")
+    # Then the store: the record names the model now served again (compare-and-swap).
+    note = restore_production(platform, st.previous, st.last_promoted)
+    if note is None:
+        st.reason = "the production record changed while it was being restored; reading it again"
+        return st
+    return _enter(st, Phase.ROLLED_BACK, now, f"rolled back to {st.to_colour} on request; {note}")
 
 
 def _enter(st: PromotionStatus, phase: Phase, now: datetime, reason: str) -> PromotionStatus:

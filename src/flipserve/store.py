@@ -31,9 +31,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -52,7 +52,7 @@ from flipserve.errors import (
     NotFoundError,
     StoreError,
 )
-from flipserve.refs import DatasetRef, ModelRef
+from flipserve.refs import SHA256, DatasetRef, ModelRef
 from flipserve.settings import Settings
 
 PRODUCTION = "production.json"
@@ -367,10 +367,32 @@ class Scores(BaseModel):
     records: list[ScoreRecord] = Field(default_factory=list)
 
 
+class ProductionModel(BaseModel):
+    """The model a production record names: a model ref whose dataset may be unknown.
+
+    ``flipserve evaluate`` and a test may record a whole :class:`ModelRef`; a
+    promotion knows only what its spec names (name, version, URI, digest) and
+    the scores its score gate measured, which are what the next candidate must
+    beat.
+    """
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+    kind: Literal["model"] = "model"
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    uri: str = Field(min_length=1)
+    digest: str = Field(pattern=SHA256)
+    task: str = "text-classification"
+    labels: list[str] = Field(default_factory=list)
+    dataset: DatasetRef | None = None
+    scores: dict[str, float] = Field(default_factory=dict)
+
+
 class ProductionRecord(BaseModel):
     """Which artifact is in production, with its scores; one per store."""
 
-    model: ModelRef
+    model: ProductionModel
     generation: int = Field(ge=1)
     updated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     updated_by: str = ""
@@ -537,7 +559,10 @@ class Store:
         return _parse(ProductionRecord, data, f"{self.uri}/{PRODUCTION}"), etag
 
     def write_production(
-        self, model: ModelRef, expected_etag: str | None, updated_by: str = ""
+        self,
+        model: ModelRef | ProductionModel,
+        expected_etag: str | None,
+        updated_by: str = "",
     ) -> tuple[ProductionRecord, str]:
         """Compare-and-swap the production record.
 
@@ -549,7 +574,8 @@ class Store:
         if etag != expected_etag:
             raise ConflictError(f"{self.uri}/{PRODUCTION}: changed by another writer")
         generation = previous.generation + 1 if previous else 1
-        record = ProductionRecord(model=model, generation=generation, updated_by=updated_by)
+        named = ProductionModel.model_validate(model.model_dump(mode="json"))
+        record = ProductionRecord(model=named, generation=generation, updated_by=updated_by)
         body = record.model_dump_json(indent=1).encode()
         new_etag = self.backend.put(
             PRODUCTION, body, match=expected_etag, create=expected_etag is None

@@ -166,6 +166,23 @@ def test_copy_job_template_is_a_job_aimed_by_the_controller(default: list[Obj]) 
     }
 
 
+@pytest.mark.parametrize("values", ["default", "existing-secrets-values.yaml"])
+def test_the_controller_reaches_the_store_the_copy_job_reads(
+    default: list[Obj], values: str
+) -> None:
+    """The controller reads and writes the production record in the copy Job's store."""
+    objs = default if values == "default" else render(CHART / "ci" / values)
+    cm = find(objs, "ConfigMap", "flipserve-copy-job-template")
+    copy = env_of(pod_spec(yaml.safe_load(cm["data"]["job.yaml"]))["containers"][0])
+    controller = find(objs, "Deployment", "flipserve-controller")
+    env = env_of(pod_spec(controller)["containers"][0])
+    for key in (
+        "FLIPSERVE_STORE_URI", "FLIPSERVE_S3_ENDPOINT_URL", "FLIPSERVE_S3_REGION",
+        "FLIPSERVE_S3_ACCESS_KEY_ID", "FLIPSERVE_S3_SECRET_ACCESS_KEY",
+    ):  # fmt: skip
+        assert key in env and env[key] == copy[key], key
+
+
 def test_copy_job_template_has_no_dollar_but_the_placeholders(default: list[Obj]) -> None:
     text = find(default, "ConfigMap", "flipserve-copy-job-template")["data"]["job.yaml"]
     placeholders = set(re.findall(r"\$\{([A-Z_]+)\}", text))

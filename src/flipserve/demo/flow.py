@@ -39,6 +39,7 @@ from flipserve.promotion.local import (
 )
 from flipserve.promotion.status import ModelTarget, Phase, PromotionSpec, PromotionStatus
 from flipserve.settings import Settings
+from flipserve.store import PRODUCTION, Store
 
 console = Console(highlight=False)
 
@@ -109,15 +110,24 @@ def run(
         f"{len(data.emails)} spam-assassin emails (out-of-domain)"
     )
     targets = _train_and_publish(data, work, settings)
+    # The production record lives in the store the models were published to.
+    store = Store.open(settings, (work / "store").as_uri())
     platform = LocalPlatform(
         work / "local",
         server_command=server_command,
         server_env={"FLIPSERVE_DRIFT_INTERVAL_S": "2", "FLIPSERVE_LOG_LEVEL": "WARNING"},
+        store=store,
+        updated_by="flipserve demo",
     )
     platform.stop_all()  # a previous demo's processes, then its state: every run starts fresh
     shutil.rmtree(platform.root, ignore_errors=True)
+    (work / "store" / PRODUCTION).unlink(missing_ok=True)  # nothing in production yet
     platform = LocalPlatform(
-        platform.root, server_command=server_command, server_env=platform.server_env
+        platform.root,
+        server_command=server_command,
+        server_env=platform.server_env,
+        store=store,
+        updated_by="flipserve demo",
     )
     result = DemoResult()
     try:

@@ -6,8 +6,19 @@ step at a time; a platform backend (the Kubernetes controller, or
 """
 
 from flipserve.promotion.gates import GateRunner
-from flipserve.promotion.machine import admission, reconcile, rollback_target
-from flipserve.promotion.platform import ActiveModel, CopyProgress, CopyState, Platform
+from flipserve.promotion.machine import (
+    admission,
+    reconcile,
+    restore_production,
+    rollback_target,
+)
+from flipserve.promotion.platform import (
+    ActiveModel,
+    CopyProgress,
+    CopyState,
+    Platform,
+    Production,
+)
 from flipserve.promotion.status import (
     Colour,
     GateResult,
@@ -29,9 +40,11 @@ __all__ = [
     "ObservedMetrics",
     "Phase",
     "Platform",
+    "Production",
     "PromotionSpec",
     "PromotionStatus",
     "admission",
     "reconcile",
+    "restore_production",
     "rollback_target",
 ]

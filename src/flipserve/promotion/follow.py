@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flipserve.promotion.local import LocalPlatform
+from flipserve.promotion.production import production_lines
 from flipserve.promotion.status import Phase, PromotionSpec, PromotionStatus
 
 _STYLE = {Phase.PROMOTED: "bold green", Phase.FAILED: "bold red", Phase.ROLLED_BACK: "bold yellow"}
@@ -52,22 +53,26 @@ def print_status(platform: LocalPlatform, console: Console | None = None) -> Non
     console = console or Console(highlight=False)
     state = platform.load()
     active = platform.active()
+    production, problem = platform.records.read_or_why()
     table = Table(title=f"flipserve (local: {platform.root})")
-    for col in ("colour", "serving", "version", "digest", "production scores"):
+    for col in ("colour", "serving", "version", "digest", "production"):
         table.add_column(col)
-    production = state.get("production") or {}
     for colour in ("blue", "green"):
         target: dict[str, Any] = state["targets"].get(colour) or {}
         serving = "● active" if active and active.colour.value == colour else ""
         if serving and not platform.api_url:
             serving += " (stopped)"
-        scores = ""
-        if production.get("target", {}).get("digest") == target.get("digest") and target:
-            scores = _scores(production.get("scores", {}))
+        in_production = production is not None and target.get("digest") == production.target.digest
         table.add_row(
-            colour, serving, target.get("version", "-"), target.get("digest", "-")[:12], scores
+            colour,
+            serving,
+            target.get("version", "-"),
+            target.get("digest", "-")[:12],
+            "yes" if in_production else "",
         )
     console.print(table)
+    for line in production_lines(platform.records.uri, production, problem):
+        console.print(line, soft_wrap=True, markup=False)
     if platform.api_url:
         console.print(f"API: {platform.api_url}/predict")
     elif active is not None:
@@ -88,7 +93,3 @@ def print_status(platform: LocalPlatform, console: Console | None = None) -> Non
             st.reason,
         )
     console.print(history)
-
-
-def _scores(scores: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.3f}" for k, v in sorted(scores.items()))

@@ -3,8 +3,15 @@
 Layout under the local root (``--local-root``, default ``.flipserve-local``)::
 
     blue/ green/      the two "volumes" (``model/`` + ``READY``, filled by ``flipserve copy``)
-    state.json        active colour, processes, production record, promotion history
+    state.json        active colour, the model on each colour, processes, promotion history
     logs/             one log file per process
+    store/            the production record, when no store is given (see below)
+
+What is in production (and the scores a candidate must beat) is the store's
+production record, not state.json: ``flipserve promote`` passes the store of
+the settings (``FLIPSERVE_STORE_URI``), the same one ``flipserve publish``
+writes to and every other promoter reads. A platform built without a store
+keeps its record in a private ``file://`` store under the root.
 
 The API users call is the proxy (promotion/proxy.py). A colour's server is a
 real ``flipserve serve --model-dir <colour>`` process. The preview of the idle
@@ -33,9 +40,12 @@ import httpx
 
 from flipserve import artifact
 from flipserve.errors import ModelNotReadyError, PromotionError
-from flipserve.promotion.platform import ActiveModel, CopyProgress, CopyState
+from flipserve.promotion.platform import ActiveModel, CopyProgress, CopyState, Production
+from flipserve.promotion.production import StoreProduction
 from flipserve.promotion.proxy import ADMIN_HEADER
 from flipserve.promotion.status import Colour, ModelTarget, ObservedMetrics
+from flipserve.settings import Settings
+from flipserve.store import FileBackend, Store
 
 STATE = "state.json"
 COPY_STATUS = ".copy-status.json"
@@ -59,11 +69,20 @@ class LocalPlatform:
         server_env: dict[str, str] | None = None,
         api_token: str | None = None,
         python: str = sys.executable,
+        store: Store | None = None,
+        updated_by: str | None = None,
     ) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o700)  # state.json holds the proxy's and the servers' tokens
         (self.root / "logs").mkdir(exist_ok=True)
+        if store is None:
+            # Only the production record is used: no transfers, so defaults (no env) suffice.
+            quiet = Settings.model_construct(show_progress=False)
+            store = Store(FileBackend(self.root / "store"), quiet)
+        self.records = StoreProduction(
+            store, updated_by or f"flipserve local {socket.gethostname()}:{self.root}"
+        )
         self.server_command = server_command
         self.server_env = dict(server_env or {})
         self.api_token = api_token or self._local_token()
@@ -104,9 +123,16 @@ class LocalPlatform:
         raw = state["targets"].get(colour.value)
         return ActiveModel(colour=colour, target=ModelTarget.model_validate(raw) if raw else None)
 
+    def production(self) -> Production | None:
+        return self.records.read()
+
+    def write_production(self, target: ModelTarget, expected_etag: str | None) -> Production:
+        return self.records.write(target, expected_etag)
+
     def production_scores(self) -> dict[str, float]:
-        record = self.load().get("production") or {}
-        return dict(record.get("scores", {}))
+        """The store's production record's scores (empty when there is no record)."""
+        record = self.production()
+        return dict(record.target.scores) if record else {}
 
     # --- Platform: copy -----------------------------------------------------
 
@@ -261,11 +287,6 @@ class LocalPlatform:
             except (httpx.HTTPError, ValueError, AttributeError):
                 pass  # a server without online drift cannot breach on it
         return observed
-
-    def record_production(self, target: ModelTarget, scores: dict[str, float]) -> None:
-        state = self.load()
-        state["production"] = {"target": target.model_dump(mode="json"), "scores": scores}
-        self.save(state)
 
     # --- beyond the protocol: rollback, history, teardown ---------------------
 

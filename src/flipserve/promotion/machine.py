@@ -12,16 +12,29 @@ or notices it was done.
 The sequence follows Argo Rollouts' blue/green: fill the idle colour, bring
 up a preview on it, analyse before promotion (score, drift), switch the
 active side, analyse after promotion (observe), roll back on a breach.
+
+The store's production record is the baseline and the outcome: the score
+gate reads it (and its ETag) once; the switch first writes it by
+compare-and-swap against that ETag and only then moves the active colour,
+so of two promotions that passed their gates against the same record only
+one moves its API; the other ends Failed. A rollback writes the record back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Literal
 
-from flipserve.errors import PromotionError
+from flipserve.errors import ConflictError, PromotionError
 from flipserve.promotion import gates as g
-from flipserve.promotion.platform import ActiveModel, CopyProgress, CopyState, Platform
+from flipserve.promotion.platform import (
+    ActiveModel,
+    CopyProgress,
+    CopyState,
+    Platform,
+    Production,
+)
 from flipserve.promotion.status import (
     Colour,
     GateResult,
@@ -59,14 +72,20 @@ def reconcile(
 def abort(
     status: PromotionStatus, platform: Platform, now: datetime, reason: str
 ) -> PromotionStatus:
-    """Give up on a promotion whose steps keep erroring: fail it, or roll back if switched."""
+    """Give up on a promotion whose steps keep erroring: fail it, or roll back if switched.
+
+    In Switching before the API moved, the production record may already name
+    the target: the rollback step puts it back and then fails the promotion.
+    """
     st = status.model_copy(deep=True)
     if st.done or st.rolling_back:
         return st
-    if st.switched_at is None:
-        _fail(st, platform, now, f"gave up: {reason}")
-    else:
+    if st.switched_at is not None:
         _start_rollback(st, f"gave up after the switch: {reason}")
+    elif st.phase is Phase.SWITCHING:
+        _start_rollback(st, f"gave up: {reason}")
+    else:
+        _fail(st, platform, now, f"gave up: {reason}")
     return st
 
 
@@ -122,6 +141,70 @@ def observe_decision(
     if elapsed >= spec.observe_seconds:
         return Phase.PROMOTED, f"observed {elapsed:.0f}s without a breach"
     return None, f"observing for {spec.observe_seconds:.0f}s"
+
+
+def recorded_target(spec: PromotionSpec, st: PromotionStatus) -> ModelTarget:
+    """The target as the production record names it: with the scores its gate measured."""
+    return spec.target.model_copy(
+        update={"scores": dict(st.candidate_scores or spec.target.scores)}, deep=True
+    )
+
+
+def record_conflict(
+    current: Production | None, target: ModelTarget, read_etag: str | None
+) -> Literal["recorded", "busy", "lost"]:
+    """Why writing the record for ``target`` against ``read_etag`` raised ConflictError.
+
+    ``"recorded"``: the record already names the target (an earlier run of the
+    step wrote it and crashed before its status was saved); ``"busy"``: it
+    has not changed since it was read (a contended lock or a transient 409),
+    so try again; ``"lost"``: another promoter changed it.
+    """
+    if current is not None and current.target.digest == target.digest:
+        return "recorded"
+    if (current.etag if current else None) == read_etag:
+        return "busy"
+    return "lost"
+
+
+def describe(record: Production | None) -> str:
+    if record is None:
+        return "there is no production record"
+    by = f" by {record.updated_by}" if record.updated_by else ""
+    return (
+        f"it names {record.target.version} ({record.target.digest[:12]}), "
+        f"generation {record.generation}{by}"
+    )
+
+
+def restore_production(
+    platform: Platform, rolled_back: ModelTarget | None, restore: ModelTarget | None
+) -> str | None:
+    """After a rollback: make the production record name ``restore`` again (compare-and-swap).
+
+    Only a record that still names ``rolled_back`` is rewritten; one that
+    someone else changed since is left as it is. Idempotent: a record that
+    already names ``restore`` is not written again. Returns what happened, for
+    the status's reason, or None when the record changed between the read and
+    the write (call again).
+    """
+    current = platform.production()
+    if current is None:
+        return "there is no production record to restore"
+    if restore is not None and current.target.digest == restore.digest:
+        return f"the production record names {restore.version} (generation {current.generation})"
+    if rolled_back is None or current.target.digest != rolled_back.digest:
+        return f"the production record was left as it is: {describe(current)}"
+    if restore is None:
+        return (
+            f"the production record still names {rolled_back.version}: "
+            "there is no earlier model to name"
+        )
+    try:
+        written = platform.write_production(restore, current.etag)
+    except ConflictError:
+        return None
+    return f"the production record names {restore.version} again (generation {written.generation})"
 
 
 def rollback_target(active: ActiveModel | None, standby_ready: bool) -> Colour:
@@ -235,7 +318,12 @@ def _gating(
 def _score_gate(
     spec: PromotionSpec, st: PromotionStatus, platform: Platform, gr: g.GateRunner, url: str
 ) -> None:
-    st.production_scores = platform.production_scores()
+    # Read once, here: the switch writes the record against this ETag, so a
+    # record changed since (another promoter won) fails this promotion there.
+    production = platform.production()
+    st.production_etag = production.etag if production else None
+    st.production_before = production.target if production else None
+    st.production_scores = dict(production.target.scores) if production else {}
     st.candidate_scores = gr.score(url)
     result = g.score_verdict(
         st.candidate_scores, st.production_scores, spec.score_metric, spec.score_margin
@@ -271,7 +359,10 @@ def _switching(
 ) -> None:
     to = _colours(st)
     if st.switched_at is None:
-        changed = platform.switch(to, spec.target)
+        if st.production_generation is None:  # the record first, then the API
+            _record_production(spec, st, platform, now, to)
+            return
+        changed = platform.switch(to, recorded_target(spec, st))
         st.switched_at = now
         st.reason = f"switched the API to {to}" if changed else f"the API already served {to}"
         return
@@ -283,6 +374,40 @@ def _switching(
         return
     platform.stop_preview(to)
     _enter(st, Phase.OBSERVING, now, f"the API serves {to}; observing")
+
+
+def _record_production(
+    spec: PromotionSpec, st: PromotionStatus, platform: Platform, now: datetime, to: Colour
+) -> None:
+    """Write the store's record for the target, against the ETag the score gate read."""
+    target = recorded_target(spec, st)
+    try:
+        written = platform.write_production(target, st.production_etag)
+    except ConflictError:
+        current = platform.production()
+        outcome = record_conflict(current, target, st.production_etag)
+        if outcome == "lost":
+            _fail(
+                st,
+                platform,
+                now,
+                f"the production record changed since the score gate read it "
+                f"({describe(current)}): another promotion won; the active colour did not move",
+            )
+            return
+        if outcome == "busy":
+            if timed_out(_elapsed(st, now), spec.rollout_timeout_seconds):
+                _fail(st, platform, now, "could not write the production record (busy)")
+            else:
+                st.reason = "the production record is busy; writing it again"
+            return
+        assert current is not None
+        written = current  # an earlier run of this step wrote it
+    st.production_generation = written.generation
+    st.reason = (
+        f"production record: {spec.target.version} (generation {written.generation}); "
+        f"switching the API to {to}"
+    )
 
 
 def _observing(
@@ -302,7 +427,6 @@ def _observing(
             st.reason = reason
             return
         st.gates.append(g.observe_verdict(st.observed, spec))
-    platform.record_production(spec.target, st.candidate_scores)
     st.last_promoted = spec.target
     _enter(st, Phase.PROMOTED, now, f"{spec.target.version} promoted on {to}")
 
@@ -316,16 +440,34 @@ def _start_rollback(st: PromotionStatus, reason: str) -> None:
 def _roll_back(
     spec: PromotionSpec, st: PromotionStatus, platform: Platform, gr: g.GateRunner, now: datetime
 ) -> None:
-    """Switch back to the previous colour (idempotent) and wait for that rollout."""
+    """Switch back to the previous colour, wait for that rollout, then restore the record.
+
+    The API goes back first (users are hurting now; the store may be the thing
+    that is down), then the production record is written back by
+    compare-and-swap. When the API never moved (given up in Switching), only
+    the record is restored and the promotion ends Failed.
+    """
     back = st.from_colour
-    if back is None:  # cannot happen: first deployments never start a rollback
-        _enter(st, Phase.FAILED, now, f"{st.rollback_reason}; no previous colour to return to")
-        return
-    platform.switch(back, st.previous)
-    if not platform.rollout_done(back):
-        st.reason = f"rolling back to {back}"
-        return
-    _enter(st, Phase.ROLLED_BACK, now, f"rolled back to {back}: {st.rollback_reason}")
+    moved = st.switched_at is not None
+    if moved and back is not None:
+        platform.switch(back, st.previous)
+        if not platform.rollout_done(back):
+            st.reason = f"rolling back to {back}"
+            return
+    note = restore_production(platform, spec.target, st.production_before or st.previous)
+    if note is None:
+        st.reason = "the production record changed while it was being restored; reading it again"
+    elif not moved:
+        _fail(st, platform, now, f"{st.rollback_reason}; {note}")
+    elif back is None:  # a first deployment: there is no colour to return to
+        _enter(
+            st,
+            Phase.FAILED,
+            now,
+            f"{st.rollback_reason}; no previous colour to return to; {note}",
+        )
+    else:
+        _enter(st, Phase.ROLLED_BACK, now, f"rolled back to {back}: {st.rollback_reason}; {note}")
 
 
 _STEPS: dict[Phase, Step] = {

@@ -2,14 +2,19 @@
 
 Two backends implement it: Kubernetes (the controller: copy Job, preview
 Deployment, the API Deployment's volume) and local (two directories, server
-processes and a tiny reverse proxy, ``promotion/local.py``). Every method is
-idempotent, because the machine re-runs a step after a crash: starting what
-already runs, stopping what is stopped, or switching to the colour already
-served does nothing (and says so).
+processes and a tiny reverse proxy, ``promotion/local.py``); both read and
+write the store's production record through ``promotion/production.py``.
+Every method but ``write_production`` is idempotent, because the machine
+re-runs a step after a crash: starting what already runs, stopping what is
+stopped, or switching to the colour already served does nothing (and says
+so). ``write_production`` is a compare-and-swap: repeated with the same
+(now stale) ETag it raises ConflictError, and the machine then reads the
+record to see whether the earlier write was its own.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
@@ -42,6 +47,24 @@ class ActiveModel(BaseModel):
     """The model on that colour, when the platform knows it (from READY or annotations)."""
 
 
+class Production(BaseModel):
+    """The store's production record (``production.json``) as the state machine sees it.
+
+    One record per store, shared by every promoter (each release's controller,
+    the local CLI): what is in production and the scores a candidate must
+    beat. It is changed only by compare-and-swap on ``etag``.
+    """
+
+    target: ModelTarget
+    """The model in production, with its recorded scores."""
+    generation: int
+    """Bumped by every write: how many times production changed in this store."""
+    etag: str
+    """The record's version in the store; a write must name it (compare-and-swap)."""
+    updated_by: str = ""
+    updated_at: datetime | None = None
+
+
 class Platform(Protocol):
     """The side effects of a promotion; the state machine decides when to call which."""
 
@@ -49,8 +72,16 @@ class Platform(Protocol):
         """The colour the API serves, or None when nothing has ever been promoted."""
         ...
 
-    def production_scores(self) -> dict[str, float]:
-        """The production record's scores (empty when there is no record yet)."""
+    def production(self) -> Production | None:
+        """The store's production record with its ETag, or None when there is none yet."""
+        ...
+
+    def write_production(self, target: ModelTarget, expected_etag: str | None) -> Production:
+        """Make the store's record name ``target`` (with ``target.scores``), by compare-and-swap.
+
+        ``expected_etag`` is the ETag last read (None: there must be no record).
+        Raises ConflictError, writing nothing, when the record changed since.
+        """
         ...
 
     def start_copy(self, colour: Colour, target: ModelTarget) -> None:
@@ -91,8 +122,4 @@ class Platform(Protocol):
 
     def observe(self, colour: Colour, since_seconds: float) -> ObservedMetrics:
         """The API's behaviour on ``colour`` over the last ``since_seconds``."""
-        ...
-
-    def record_production(self, target: ModelTarget, scores: dict[str, float]) -> None:
-        """Record ``target`` (with the scores the gate measured) as production; idempotent."""
         ...

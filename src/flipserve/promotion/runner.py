@@ -16,10 +16,16 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from flipserve.errors import PromotionError
+from flipserve.errors import FlipserveError, PromotionError
 from flipserve.promotion.gates import GateRunner
 from flipserve.promotion.local import LocalPlatform
-from flipserve.promotion.machine import abort, admission, reconcile, rollback_target
+from flipserve.promotion.machine import (
+    abort,
+    admission,
+    reconcile,
+    restore_production,
+    rollback_target,
+)
 from flipserve.promotion.platform import Platform
 from flipserve.promotion.status import Colour, PromotionSpec, PromotionStatus
 
@@ -128,11 +134,32 @@ def run_local(
 
 
 def rollback_local(platform: LocalPlatform) -> tuple[Colour, float]:
-    """Switch the API back to the idle colour (its volume holds the previous model)."""
+    """Switch the API back to the idle colour (its volume holds the previous model).
+
+    Then the store's production record, if it still names the model rolled
+    back from, is written back to the one now served (compare-and-swap; a
+    record another promoter changed since is left alone). The seconds
+    returned are the switch's: users are back on the previous model then.
+    """
     with promotion_lock(platform.root):
         start = time.monotonic()
-        colour = rollback_target(platform.active(), platform.standby_ready())
-        platform.switch(colour, platform.target_on(colour))
+        active = platform.active()
+        colour = rollback_target(active, platform.standby_ready())
+        back_to = platform.target_on(colour)
+        platform.switch(colour, back_to)
         while not platform.rollout_done(colour):
             time.sleep(0.05)
-        return colour, time.monotonic() - start
+        seconds = time.monotonic() - start
+        rolled_back = active.target if active else None
+        try:
+            for _ in range(5):
+                note = restore_production(platform, rolled_back, back_to)
+                if note is not None:
+                    log.info("rollback to %s: %s", colour, note)
+                    return colour, seconds
+            raise PromotionError("it kept changing while it was being restored")
+        except FlipserveError as e:
+            raise PromotionError(
+                f"rolled back: the API serves {colour}, but the production record was not "
+                f"written back: {e}; see `flipserve status`"
+            ) from e

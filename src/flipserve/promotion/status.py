@@ -31,7 +31,7 @@ class Phase(StrEnum):
     GATING = "Gating"  # score and drift gates run against the preview server
     SWITCHING = "Switching"  # the API moves to the new colour and waits for the rollout
     OBSERVING = "Observing"  # the new colour's error rate, latency and drift are watched
-    PROMOTED = "Promoted"  # terminal: the new colour serves and is recorded as production
+    PROMOTED = "Promoted"  # terminal: the new colour serves and the store records it as production
     FAILED = "Failed"  # terminal: stopped before the switch; the active colour never moved
     ROLLED_BACK = "RolledBack"  # terminal: switched, then switched back to the previous colour
 
@@ -172,6 +172,14 @@ class PromotionStatus(BaseModel):
     """Fraction (0..1) of the copy's bytes done, when the platform knows it."""
     candidate_scores: dict[str, float] = Field(default_factory=dict)
     production_scores: dict[str, float] = Field(default_factory=dict)
+    """The production record's scores when the score gate read it: the baseline it judged."""
+    production_etag: str | None = None
+    """ETag of the store's production record when the score gate read it (None: there was
+    none). The switch writes the record by compare-and-swap against it."""
+    production_before: ModelTarget | None = None
+    """The model that record named, with its scores: what a rollback writes back."""
+    production_generation: int | None = None
+    """The record's generation once it names this promotion's target (written at the switch)."""
     drift_p_value: float | None = None
     gates: list[GateResult] = Field(default_factory=list)
     observed: ObservedMetrics | None = None
