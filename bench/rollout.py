@@ -92,9 +92,10 @@ def flipserve_rollout(args, work, targets, data, server_command) -> dict:  # typ
         load.start()
         load_started = time.monotonic()
         time.sleep(3)
-        started = time.monotonic()
+        started, before = time.monotonic(), load.stats.requests
         status = runner.run_local(spec("v2"), platform, gates)
         promotion_seconds = time.monotonic() - started
+        during = load.stats.requests - before
         assert status.phase is Phase.PROMOTED, status.reason
         time.sleep(2)
         _, rollback_seconds = runner.rollback_local(platform)
@@ -111,6 +112,8 @@ def flipserve_rollout(args, work, targets, data, server_command) -> dict:  # typ
         "reason": status.reason,
         "requests": stats.requests,
         "min_requests_met": stats.requests >= args.min_requests,
+        "requests_during_promotion": during,
+        "load_workers": args.workers,
         "failed": stats.failed,
         "errors": dict(stats.errors),
         "p99_ms": stats.percentile(0.99),

@@ -59,6 +59,11 @@ from tests.integration.server_support import (  # noqa: E402
 CONCURRENCY = (1, 8, 32, 64)
 CACHE = Path(os.environ.get("FLIPSERVE_CACHE", Path.home() / ".cache" / "flipserve"))
 MLSERVER_VENV = CACHE / "mlserver" / "venv"
+# Every contender (raw in this process included) runs under the policy
+# flipserve's server sets by default, so the comparison is about serving, not
+# about OpenMP: with spinning threads, whoever shares the cores with a busy
+# neighbour collapses (batch-1 forwards fell 8x on a loaded machine).
+OMP_WAIT_POLICY = os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 GROUPS_PER_COLLECT = 4  # flipserve.server.batching._GROUPS_PER_COLLECT
 WARM_REQUESTS = 5
 
@@ -209,6 +214,7 @@ async def overhead_pairs(
 def _env(**extra: str) -> dict[str, str]:
     return {
         **os.environ,
+        "OMP_WAIT_POLICY": OMP_WAIT_POLICY,
         "PYTHONPATH": str(REPO / "src"),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
@@ -523,6 +529,7 @@ def main() -> None:
             "cores": os.cpu_count(),
             "loadavg_1m_start_end": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
             "torch_threads": args.threads,
+            "omp_wait_policy": OMP_WAIT_POLICY,
             "max_batch_size": args.max_batch_size,
             "rounds": args.rounds,
             "duration_s_per_point": args.duration,
