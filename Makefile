@@ -52,9 +52,11 @@ tools: ## Build (or reuse) the local control plane's binaries from Go modules
 
 ##@ Main job
 
+DEMO_CONFIG ?= default
+
 .PHONY: demo
-demo: setup data ## Run the whole blue/green flow on this machine, no cluster needed (report in out/demo)
-	$(FLIPSERVE) demo --out $(or $(OUT),out/demo)
+demo: setup data ## Run the whole blue/green flow on this machine, no cluster (report in out/demo; DEMO_CONFIG=tiny: faster models)
+	$(FLIPSERVE) demo --out $(or $(OUT),out/demo) --config $(DEMO_CONFIG)
 
 ##@ Promotion on this machine (local backend; `make promote/rollback/status` drive the cluster)
 

@@ -313,6 +313,13 @@ def _add_promotion(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p = sub.add_parser("demo", help="the whole blue/green flow on this machine, no cluster")
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="report folder")
     p.add_argument("--workdir", type=Path, help="scratch folder (default: <out>/work)")
+    p.add_argument(
+        "--config",
+        choices=["default", "tiny"],
+        default="default",
+        help="default: every encoder layer fine-tuned; tiny: the top two layers only, "
+        "shorter inputs and observe window (about half the time; what the tests run)",
+    )
     p.set_defaults(handler=_demo)
 
 
@@ -490,7 +497,7 @@ def _proxy(args: argparse.Namespace, settings: Settings) -> int:
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from flipserve import demo
 
-    return demo.run(args.out, args.workdir, settings)
+    return demo.run(args.out, args.workdir, settings, config=args.config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

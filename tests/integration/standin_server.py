@@ -1,4 +1,6 @@
-"""A stand-in for ``flipserve serve`` in the local platform's tests: same routes, no torch.
+"""A stand-in for ``flipserve serve`` in the production-record tests: same routes, no torch.
+
+Used only by test_production_record.py (see standin_support.py for why).
 
 Only the model is faked (a keyword rule read from ``model/rule.json``, so a
 test can publish a better or a worse "model"); it serves a volume only when

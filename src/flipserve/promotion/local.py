@@ -170,6 +170,10 @@ class LocalPlatform:
         if _alive(job["pid"]):
             return CopyProgress(state=CopyState.RUNNING, fraction=_float(fraction))
         message = str(status.get("message") or "the copy process exited")
+        # Reported once: a later promotion of this target (the store fixed) copies afresh.
+        state = self.load()
+        state["copies"].pop(colour.value, None)
+        self.save(state)
         return CopyProgress(
             state=CopyState.FAILED, message=f"{message} (log: logs/copy-{colour}.log)"
         )
