@@ -8,7 +8,8 @@ contract with ``server/``:
 - ``GET /v2/health/ready`` — 200 once the volume's model is verified and loaded;
 - ``GET /v2/models/{name}`` — metadata; ``parameters.digest`` and
   ``parameters.version`` name what is served;
-- ``POST /predict`` ``{"texts": [...]}`` — one prediction per text;
+- ``POST /predict`` ``{"texts": [...]}`` — one prediction per text, at most
+  ``FLIPSERVE_MAX_ITEMS_PER_REQUEST`` texts a request (the held-out set goes in chunks);
 - ``GET /traffic/sample?n=N`` (bearer token) — recent live request texts;
 - ``GET /metrics`` — Prometheus text: ``flipserve_requests_total{endpoint,status}``
   (5xx are errors), the ``flipserve_request_latency_seconds`` histogram, the
@@ -50,6 +51,7 @@ class HttpProbe:
     def __init__(self, settings: Settings, timeout: float = 30.0) -> None:
         self.model_name = settings.model_name
         self.eval_set = settings.heldout_path
+        self.batch = settings.max_items_per_request  # the servers refuse more per request
         token = settings.api_token.get_secret_value() if settings.api_token else None
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(timeout=timeout, headers=headers)
@@ -79,8 +81,12 @@ class HttpProbe:
         if self.eval_set is None:
             raise TemporaryError("no held-out set configured (FLIPSERVE_HELDOUT_PATH)", 30.0)
         texts, labels = read_eval_set(self.eval_set)
-        body = self._call("POST", f"{preview_url}/predict", json={"texts": texts}).json()
-        return g.classification_scores(labels, g.labels_from_response(body))
+        predictions: list[str] = []
+        for i in range(0, len(texts), self.batch):
+            chunk = {"texts": texts[i : i + self.batch]}
+            body = self._call("POST", f"{preview_url}/predict", json=chunk).json()
+            predictions.extend(g.labels_from_response(body))
+        return g.classification_scores(labels, predictions)
 
     def drift(self, colour: Colour, preview_url: str, texts: list[str]) -> float:
         body = self._call("POST", f"{preview_url}/drift", json={"texts": texts}).json()

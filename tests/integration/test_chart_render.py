@@ -207,6 +207,14 @@ def test_controller_calls_the_services_on_their_service_port(
     assert parsed["preview"] == "http://flipserve-preview.demo.svc:80"
 
 
+def test_the_controller_sends_the_held_out_set_in_chunks_the_servers_accept() -> None:
+    objs = render(MONITORING, sets={"server.maxItemsPerRequest": "16"})
+    controller = env_of(pod_spec(find(objs, "Deployment", "flipserve-controller"))["containers"][0])
+    api = env_of(pod_spec(find(objs, "Deployment", "flipserve"))["containers"][0])
+    limit = controller["FLIPSERVE_MAX_ITEMS_PER_REQUEST"]["value"]
+    assert limit == api["FLIPSERVE_MAX_ITEMS_PER_REQUEST"]["value"] == "16"
+
+
 def test_the_held_out_set_is_mounted_into_the_controller_only_when_given(
     default: list[Obj],
 ) -> None:
