@@ -324,7 +324,7 @@ controller: setup ## Run the Promotion controller against the current kubeconfig
 	$(FLIPSERVE) controller
 
 .PHONY: test-controller
-test-controller: setup tools ## The controller's integration tests against the local control plane (~11 min)
+test-controller: setup tools ## The controller's integration tests against the local control plane (~17 min on 2 shared cores)
 	$(PY) -m pytest tests/integration/test_controller.py $(PYTEST_ARGS)
 
 .PHONY: bench-rollout-kube
