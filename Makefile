@@ -183,17 +183,17 @@ else
 	kind load docker-image --name $(CLUSTER_NAME) $(IMAGE):$(IMAGE_TAG)
 endif
 
-# The score gate's held-out set: the dataset's test split as JSONL, put into a
+# The score gate's held-out set: a seeded sample of the test split as JSONL, put into a
 # ConfigMap the controller mounts (controller.evalSet.configMap).
 EVAL_SET ?= out/eval-set.jsonl
 EVAL_SET_ROWS ?= 500
 
 $(EVAL_SET): | setup
 	@mkdir -p $(dir $@)
-	$(PY) -c 'import json, sys; from flipserve.data import load_dataset; \
-	  d = load_dataset(); n = int(sys.argv[1]); \
-	  rows = zip(d.texts("test")[:n], d.labels("test")[:n]); \
-	  print("\n".join(json.dumps({"text": t, "label": l}) for t, l in rows))' $(EVAL_SET_ROWS) > $@
+	$(PY) -c 'import json, random, sys; from flipserve.data import load_dataset; \
+	  rows = load_dataset().splits["test"]; n = min(int(sys.argv[1]), len(rows)); \
+	  rows = random.Random(0).sample(rows, n); \
+	  print("\n".join(json.dumps({"text": e.text, "label": e.label}) for e in rows))' $(EVAL_SET_ROWS) > $@
 
 .PHONY: deploy
 deploy: $(EVAL_SET) ## helm upgrade --install the chart (the API turns ready after `make seed`)

@@ -448,12 +448,19 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _heldout(path: Path | None, size: int) -> tuple[list[str], list[str]]:
-    """The score gate's held-out set: a JSONL file, or the dataset's test split."""
+    """The score gate's held-out set: a JSONL file, or a seeded sample of the test split.
+
+    Not the split's first rows: the split keeps the corpus order, which is
+    grouped by label (its first thousand rows are all negative).
+    """
     if path is None:
+        import random
+
         from flipserve import data
 
-        dataset = data.load_dataset()
-        return dataset.texts("test")[:size], dataset.labels("test")[:size]
+        split = data.load_dataset().splits["test"]
+        picked = random.Random(0).sample(split, min(size, len(split)))
+        return [e.text for e in picked], [e.label for e in picked]
     try:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         return [str(r["text"]) for r in rows], [str(r["label"]) for r in rows]
