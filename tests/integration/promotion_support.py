@@ -38,7 +38,7 @@ DRIFT_P_VALUE = 1e-3
 """The drift alarm's threshold in these tests (the gate's and the servers' online one).
 
 In-domain tweets are a sample of the distribution the reference came from, so
-their p-value is spread over (0, 1] and 0.05 would fail one run in twenty by
+their p-value is spread over (0, 1] and at 0.05 up to one run in twenty fails by
 chance; emails come out at 1e-9 and below. 1e-3 keeps both sides far away."""
 
 SERVER_ENV = {

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DRIFT_P_VALUE = "0.001"
 """The drift threshold (gate and servers' online test) for this run: in-domain
 tweets are a sample of the reference's distribution, so at the default 0.05 a
-chance alarm would roll v2 back in about one run in twenty; the emails reach
+chance alarm could roll v2 back in up to one run in twenty; the emails reach
 p < 1e-4 within seconds either way."""
 
 
