@@ -125,6 +125,16 @@ class Harness:
                 self.proc.kill()
                 self.proc.wait(10)
 
+    def cli(self, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+        """``flipserve ARGS --kube`` as a user runs it against this namespace and release."""
+        base = {k: v for k, v in self.cp.env.items() if not k.startswith("FLIPSERVE_")}
+        base |= {"PYTHONPATH": str(REPO / "src"), "FLIPSERVE_KUBECONFIG": str(self.cp.kubeconfig)}
+        base |= {"FLIPSERVE_NAMESPACE": self.ns, "FLIPSERVE_RELEASE": RELEASE} | env
+        return subprocess.run(
+            [sys.executable, "-m", "flipserve", *args, "--kube"],
+            env=base, cwd=self.tmp, capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+
     def log_tail(self) -> str:
         return "\n".join(p.read_text(errors="replace")[-3000:] for p in self.logs[-2:])
 

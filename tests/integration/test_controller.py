@@ -18,8 +18,6 @@ that the test tells what they serve (see docs/controller.md for why).
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,6 @@ from tests.integration.controller_support import (
     DRIFT_P_VALUE,
     GREEN,
     RELEASE,
-    REPO,
     Harness,
     RealModel,
     digest,
@@ -270,13 +267,7 @@ def test_rollback_flips_back_to_the_previous_colour_and_model(h: Harness) -> Non
     h.promoted("v1", model("v1", 0.7))
     h.promoted("v2", model("v2", 0.9))
 
-    env = {k: v for k, v in h.cp.env.items() if not k.startswith("FLIPSERVE_")}
-    env |= {"PYTHONPATH": str(REPO / "src"), "FLIPSERVE_KUBECONFIG": str(h.cp.kubeconfig)}
-    env |= {"FLIPSERVE_NAMESPACE": h.ns, "FLIPSERVE_RELEASE": RELEASE}
-    done = subprocess.run(
-        [sys.executable, "-m", "flipserve", "rollback", "--kube"],
-        env=env, cwd=h.tmp, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+    done = h.cli("rollback")
 
     assert done.returncode == 0, done.stdout + done.stderr + h.log_tail()
     assert "RolledBack" in done.stdout
@@ -309,12 +300,8 @@ def test_a_second_promotion_waits_for_the_running_one(h: Harness) -> None:
 
 def test_the_status_cli_lists_the_release_and_its_promotions(h: Harness) -> None:
     h.promoted("v1", model("v1", 0.7))
-    env = {k: v for k, v in h.cp.env.items() if not k.startswith("FLIPSERVE_")}
-    env |= {"PYTHONPATH": str(REPO / "src"), "FLIPSERVE_KUBECONFIG": str(h.cp.kubeconfig)}
-    env |= {"FLIPSERVE_NAMESPACE": h.ns, "FLIPSERVE_RELEASE": RELEASE}
-    out = subprocess.run(
-        [sys.executable, "-m", "flipserve", "status", "--kube"],
-        env=env, cwd=h.tmp, capture_output=True, text=True, timeout=60, check=True,
-    ).stdout  # fmt: skip
+    done = h.cli("status", timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
     assert "active   blue  version v1" in out
     assert "v1" in out and "Promoted" in out

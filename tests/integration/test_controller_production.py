@@ -11,8 +11,6 @@ while its controller was down) fails that promotion without moving the API.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +26,6 @@ from tests.integration.controller_support import (
     BLUE,
     GREEN,
     RELEASE,
-    REPO,
     Harness,
     digest,
     model,
@@ -112,13 +109,7 @@ def test_the_controller_judges_against_and_writes_the_store_record(
     assert "does not beat production 0.9500" in third["reason"]
     assert h.claim() == GREEN
 
-    env = {k: v for k, v in h.cp.env.items() if not k.startswith("FLIPSERVE_")}
-    env |= {"PYTHONPATH": str(REPO / "src"), "FLIPSERVE_KUBECONFIG": str(h.cp.kubeconfig)}
-    env |= {"FLIPSERVE_NAMESPACE": h.ns, "FLIPSERVE_RELEASE": RELEASE} | store_env
-    out = subprocess.run(
-        [sys.executable, "-m", "flipserve", "status", "--kube"],
-        env=env, cwd=h.tmp, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    out = h.cli("status", timeout=60, **store_env)
     assert out.returncode == 0, out.stderr
     assert f"production record: {s3_settings.store_uri}/production.json" in out.stdout
     assert f"version v7  digest {digest('v7')[:12]}  generation 3" in out.stdout
@@ -188,13 +179,7 @@ def test_rollback_requests_write_the_previous_record_back(
     h.promoted("v1", model("v1", 0.7))
     h.promoted("v2", model("v2", 0.9))
 
-    env = {k: v for k, v in h.cp.env.items() if not k.startswith("FLIPSERVE_")}
-    env |= {"PYTHONPATH": str(REPO / "src"), "FLIPSERVE_KUBECONFIG": str(h.cp.kubeconfig)}
-    env |= {"FLIPSERVE_NAMESPACE": h.ns, "FLIPSERVE_RELEASE": RELEASE}
-    done = subprocess.run(
-        [sys.executable, "-m", "flipserve", "rollback", "--kube"],
-        env=env, cwd=h.tmp, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+    done = h.cli("rollback")
 
     assert done.returncode == 0, done.stdout + done.stderr + h.log_tail()
     assert "the production record names v1 again (generation 3)" in done.stdout
