@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import uuid
 from pathlib import Path
@@ -10,17 +11,9 @@ import pytest
 
 from flipserve import artifact
 from flipserve.settings import Settings
-from flipserve.train import TrainConfig
+from flipserve.train import CONFIGS, TrainConfig
 
-SMALL = TrainConfig(
-    max_length=32,
-    max_train_examples=800,
-    max_eval_examples=64,
-    batch_size=16,
-    learning_rate=2e-4,
-    drift_reference_size=64,
-    frozen_layers=4,
-)
+SMALL = dataclasses.replace(CONFIGS["tiny"], max_train_examples=800, drift_reference_size=64)
 """A real fine-tune on 800 tweets with the lower four encoder layers frozen: about
 half a minute on 2 cores, and clearly better than ``tiny`` (macro-F1 ~0.59 against
 ~0.27 on 150 test tweets), so the score gate's verdicts between the two are robust."""
