@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the local control plane's binaries (etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler, kubectl, kwok, helm) from the
-# pinned Go wrapper modules next to this script.
+# kube-controller-manager, kube-scheduler, kubectl, kwok, helm) and the real
+# node's (kubelet, kube-proxy) from the pinned Go wrapper modules next to this
+# script.
 #
 # Binaries land in $FLIPSERVE_CACHE/controlplane/<key>/bin, where <key> hashes
 # every go.mod/go.sum here and this script, so a version bump builds afresh and
@@ -20,7 +21,7 @@ KWOK_VERSION=v0.7.0
 key="$(cat "$here"/*/go.mod "$here"/*/go.sum "$here/build.sh" | sha256sum | cut -c1-16)"
 out="$cache/controlplane/$key"
 bin="$out/bin"
-binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
+binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm kubelet kube-proxy)
 
 complete() {
   local b
@@ -60,7 +61,7 @@ done
 build etcd etcd .
 build kwok kwok sigs.k8s.io/kwok/cmd/kwok "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"
 build helm helm helm.sh/helm/v3/cmd/helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
-for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+for c in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
   build kube "$c" "k8s.io/kubernetes/cmd/$c" "${kube_ldflags[@]}"
 done
 
