@@ -9,7 +9,11 @@ Exactly one controller is active: before kopf starts, the process takes the
 Lease ``<release>-controller`` and keeps renewing it; a standby waits, and a
 controller that loses the lease stops (its Deployment restarts it as a
 standby). kopf's own peering is off (``standalone``) because it needs extra
-cluster-wide CRDs; the Lease needs only a namespaced Role rule.
+cluster-wide CRDs; the Lease needs only a namespaced Role rule. Each Lease
+attempt sets the pod's readiness (health.py, ``GET /readyz`` on
+``FLIPSERVE_CONTROLLER_HEALTH_PORT``): ready once the API server has answered,
+as leader or as standby; a refused token or a missing Role rule is logged as
+an error and keeps the pod unready, never mistaken for a standby.
 
 Errors: a :class:`~flipserve.errors.TemporaryError` from a step becomes
 ``kopf.TemporaryError(delay=…)`` (retry later, status untouched); everything
@@ -20,14 +24,17 @@ step itself, so kopf never sees a permanent error for a promotion.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
+import time
 from typing import Any
 
 import kopf
 
-from flipserve.errors import TemporaryError
+from flipserve.errors import KubeError, TemporaryError
+from flipserve.health import Health, HealthServer
 from flipserve.kube import GROUP, MERGE, PLURAL, VERSION, Credentials, Kube
 from flipserve.kubeplatform import KubePlatform, Urls
 from flipserve.probe import HttpProbe
@@ -39,6 +46,10 @@ from flipserve.store import PRODUCTION, Store
 
 log = logging.getLogger("flipserve.controller")
 _TERMINAL = frozenset(p.value for p in TERMINAL)
+_REPEAT_ERROR_S = 60.0
+"""A refusal that persists is logged again this often (readiness shows it all along)."""
+_ATTEMPT_S = 120.0
+"""The longest one Lease attempt can take (two requests at kube.py's timeouts, and slack)."""
 
 
 def service_urls(settings: Settings, release: str) -> Urls:
@@ -130,21 +141,27 @@ def build_registry(settings: Settings, reconcile: Reconciler, creds: Credentials
 
 
 class LeaderLease:
-    """Holds ``<release>-controller`` while the operator runs; sets ``lost`` when it cannot."""
+    """Holds ``<release>-controller`` while the operator runs; sets ``lost`` when it cannot.
 
-    def __init__(self, kube: Kube, name: str, duration_s: float) -> None:
+    Every attempt is reported to ``health`` (the pod's readiness): a leader or a
+    standby that could read the Lease is ready; a failed attempt is not. A
+    refused token (401) or a missing Role rule (403) is an error that says so,
+    never a silent standby: it would wait forever.
+    """
+
+    def __init__(
+        self, kube: Kube, name: str, duration_s: float, health: Health | None = None
+    ) -> None:
         self.kube, self.name, self.duration_s = kube, name, duration_s
+        self.health = health or Health(stale_after_s=math.inf)
         self.identity = f"{socket.gethostname()}-{os.getpid()}"
         self.lost = threading.Event()
         self._stop = threading.Event()
+        self._said_at = -math.inf
 
     def acquire(self) -> None:
         """Block until this process holds the lease (standby until then)."""
-        announced = False
         while not self._try():
-            if not announced:
-                log.info("standby: lease %s is held by another controller", self.name)
-                announced = True
             self._stop.wait(self.duration_s / 3)
         log.info("leader: holding lease %s as %s", self.name, self.identity)
 
@@ -155,10 +172,26 @@ class LeaderLease:
 
     def _try(self) -> bool:
         try:
-            return self.kube.hold_lease(self.name, self.identity, self.duration_s)
-        except Exception as e:  # a blip: the next renewal may succeed before expiry
-            log.warning("lease %s: %s", self.name, e)
+            held = self.kube.hold_lease(self.name, self.identity, self.duration_s)
+        except KubeError as e:
+            self._failed(lease_error(self.name, e), refused=e.status in (401, 403))
             return False
+        except Exception as e:  # a blip: the next renewal may succeed before expiry
+            self._failed(f"lease {self.name}: {e}", refused=False)
+            return False
+        detail = "leader" if held else "standby: the lease is held by another controller"
+        if self.health.report(True, f"{detail} (lease {self.name})") and not held:
+            log.info("standby: lease %s is held by another controller", self.name)
+        return held
+
+    def _failed(self, message: str, refused: bool) -> None:
+        changed = self.health.report(False, message)
+        now = time.monotonic()
+        if refused and (changed or now - self._said_at > _REPEAT_ERROR_S):
+            log.error("%s", message)  # nothing is reconciled until this is fixed
+            self._said_at = now
+        elif not refused:
+            log.warning("%s", message)
 
     def _renew(self) -> None:
         failures = 0
@@ -177,11 +210,32 @@ class LeaderLease:
             log.warning("could not release lease %s: %s", self.name, e)
 
 
+def lease_error(name: str, error: KubeError) -> str:
+    """One line on a failed Lease request; a refusal names what to fix."""
+    if error.status == 401:
+        return (
+            f"the API server rejected the controller's credentials (HTTP 401) for lease "
+            f"{name}: {error}; check its ServiceAccount token (not a standby: nothing is "
+            "reconciled until this is fixed)"
+        )
+    if error.status == 403:
+        return (
+            f"the controller's ServiceAccount may not use lease {name} (HTTP 403): {error}; "
+            "check the chart's Role and RoleBinding (not a standby: nothing is reconciled "
+            "until this is fixed)"
+        )
+    return f"lease {name}: {error}"
+
+
 def run(settings: Settings) -> int:
     """Run the controller until interrupted or the lease is lost (then exit 1)."""
     kube = Kube.from_settings(settings)
     probe = HttpProbe(settings)
-    lease = LeaderLease(kube, f"{settings.release}-controller", settings.controller_lease_s)
+    health = Health(stale_after_s=3 * settings.controller_lease_s + _ATTEMPT_S)
+    server = HealthServer(health, settings.host, settings.controller_health_port).start()
+    log.info("health: GET /readyz and /healthz on port %d", server.port)
+    name = f"{settings.release}-controller"
+    lease = LeaderLease(kube, name, settings.controller_lease_s, health)
     lease.acquire()
     lease.keep()
     store = Store.open(settings)
@@ -196,5 +250,6 @@ def run(settings: Settings) -> int:
         )
     finally:
         lease.release()
+        server.stop()
         log.info("API calls made by the controller: %s", dict(kube.calls))
     return 1 if lease.lost.is_set() else 0

@@ -87,15 +87,33 @@ def credentials(settings: Settings) -> Credentials:
             config.load_kube_config(config_file=path, client_configuration=cfg)  # type: ignore[no-untyped-call]
         except (config.ConfigException, OSError) as e:
             raise KubeError(f"cannot load kubeconfig {path or '~/.kube/config'}: {e}") from e
+    return from_configuration(cfg)
+
+
+def from_configuration(cfg: client.Configuration) -> Credentials:
+    """The credentials a configuration loaded by the official client holds."""
     bearer: str | None = cfg.api_key.get("BearerToken") or cfg.api_key.get("authorization")
     return Credentials(
         server=cfg.host,
-        token=bearer.removeprefix("Bearer ").strip() if bearer else None,
+        token=bare_token(bearer),
         ca_path=cfg.ssl_ca_cert,
         client_cert_path=cfg.cert_file,
         client_key_path=cfg.key_file,
         insecure=not cfg.verify_ssl,
     )
+
+
+def bare_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization`` value, without its scheme.
+
+    The scheme is case-insensitive (RFC 9110): kubeconfig's loader stores
+    ``Bearer <jwt>``, the in-cluster loader ``bearer <jwt>``; :class:`Kube` and
+    kopf add their own ``Bearer`` prefix.
+    """
+    if not authorization or not authorization.strip():
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else authorization.strip()
 
 
 class Kube:

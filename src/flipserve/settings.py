@@ -126,6 +126,8 @@ class Settings(BaseSettings):
     """How often the controller steps each unfinished Promotion."""
     controller_lease_s: float = 15.0
     """Leader-election Lease duration; a standby takes over this long after a crash."""
+    controller_health_port: int = 8081
+    """Port of the controller's ``GET /readyz`` and ``/healthz`` (its pod's probes; 0: any)."""
     service_urls: dict[str, str] = Field(default_factory=dict)
     """Overrides of the in-cluster URLs the gates call, by role (``preview``, ``api``).
 

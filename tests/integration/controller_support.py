@@ -70,6 +70,8 @@ class Harness:
     admin: Kube
     proc: subprocess.Popen[bytes] | None = None
     logs: list[Path] = field(default_factory=list)
+    health_url: str = ""
+    """The running controller's /readyz and /healthz (a fresh port for each start)."""
     volumes: dict[str, RealModel] = field(default_factory=dict)
 
     # controller process -------------------------------------------------------------
@@ -101,11 +103,14 @@ class Harness:
     def start_controller(self, **env: str) -> None:
         log = self.tmp / f"controller-{len(self.logs)}.log"
         self.logs.append(log)
+        port = free_port()
+        self.health_url = f"http://127.0.0.1:{port}"
+        health = {"FLIPSERVE_HOST": "127.0.0.1", "FLIPSERVE_CONTROLLER_HEALTH_PORT": str(port)}
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "flipserve", "controller"],
                 cwd=self.tmp,
-                env=self.controller_env() | env,
+                env=self.controller_env() | health | env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
@@ -134,6 +139,25 @@ class Harness:
             [sys.executable, "-m", "flipserve", *args, "--kube"],
             env=base, cwd=self.tmp, capture_output=True, text=True, timeout=timeout, check=False,
         )  # fmt: skip
+
+    def readiness(self, until: int, containing: str = "", timeout: float = 30) -> str:
+        """Poll the controller's ``GET /readyz`` until it answers ``until`` with a body
+        ``containing`` that text; returns the body."""
+        deadline = time.monotonic() + timeout
+        seen = "no answer"
+        while True:
+            try:
+                r = httpx.get(self.health_url + "/readyz", timeout=5)
+                if r.status_code == until and containing in r.text:
+                    return r.text
+                seen = f"{r.status_code} {r.text.strip()}"
+            except httpx.HTTPError as e:
+                seen = repr(e)
+            if self.proc is not None and self.proc.poll() is not None:
+                raise HarnessError(f"controller exited {self.proc.returncode}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise HarnessError(f"/readyz never answered {until}: {seen}\n{self.log_tail()}")
+            time.sleep(0.2)
 
     def log_tail(self) -> str:
         return "\n".join(p.read_text(errors="replace")[-3000:] for p in self.logs[-2:])

@@ -232,6 +232,16 @@ def test_the_held_out_set_is_mounted_into_the_controller_only_when_given(
     assert "eval-set" not in [v["name"] for v in plain["volumes"]]
 
 
+def test_the_controller_is_ready_only_once_the_api_server_answers_it() -> None:
+    """Its probes call the port the controller serves /readyz and /healthz on."""
+    objs = render(MONITORING, sets={"controller.healthPort": "9091"})
+    (controller,) = pod_spec(find(objs, "Deployment", "flipserve-controller"))["containers"]
+    assert env_of(controller)["FLIPSERVE_CONTROLLER_HEALTH_PORT"]["value"] == "9091"
+    assert controller["ports"] == [{"name": "health", "containerPort": 9091, "protocol": "TCP"}]
+    assert controller["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert controller["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+
+
 def test_every_flipserve_env_var_is_a_settings_field(default: list[Obj]) -> None:
     fields = {f"FLIPSERVE_{name.upper()}" for name in Settings.model_fields}
     containers: list[Obj] = []
@@ -386,8 +396,16 @@ def test_helm_test_pod_checks_readiness_and_makes_one_prediction(default: list[O
         ({"model.initialColour": "red"}, "/model/initialColour"),
         ({"api.replicaCount": "-1"}, "/api/replicaCount"),
         ({"drift.pValue": "2"}, "/drift/pValue"),
+        ({"controller.healthPort": "0"}, "/controller/healthPort"),
     ],
-    ids=["negative-size", "unknown-key", "bad-colour", "negative-replicas", "p-value-above-1"],
+    ids=[
+        "negative-size",
+        "unknown-key",
+        "bad-colour",
+        "negative-replicas",
+        "p-value-above-1",
+        "health-port-0",
+    ],
 )
 def test_schema_rejects_bad_values_naming_the_key(sets: dict[str, str], message: str) -> None:
     args = ["template", "x", str(CHART), "--kube-version", KUBE_VERSION]

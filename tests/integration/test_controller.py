@@ -18,13 +18,18 @@ that the test tells what they serve (see docs/controller.md for why).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from kubernetes import client
+from kubernetes.config.incluster_config import InClusterConfigLoader
 
+from flipserve.kube import Kube, from_configuration
 from flipserve.promotion.status import ModelTarget
 from tests.controlplane import ControlPlane
 from tests.integration.controller_support import (
@@ -305,3 +310,61 @@ def test_the_status_cli_lists_the_release_and_its_promotions(h: Harness) -> None
     out = done.stdout
     assert "active   blue  version v1" in out
     assert "v1" in out and "Promoted" in out
+
+
+# --- credentials and readiness ----------------------------------------------------------
+
+
+def test_in_cluster_credentials_authenticate_against_the_api_server(h: Harness) -> None:
+    """What a pod reads: the ServiceAccount token through the official in-cluster loader."""
+    token = h.cp.kubectl(
+        "create", "token", f"{RELEASE}-controller", "-n", h.ns, "--duration=1h"
+    ).stdout.strip()
+    (h.tmp / "sa-token").write_text(token)
+    server = urlsplit(h.cp.server)
+    env = {
+        "KUBERNETES_SERVICE_HOST": str(server.hostname),
+        "KUBERNETES_SERVICE_PORT": str(server.port),
+    }
+    cfg = client.Configuration()
+    loader = InClusterConfigLoader(str(h.tmp / "sa-token"), str(h.cp.pki / "ca.crt"), environ=env)
+    loader.load_and_set(cfg)  # type: ignore[no-untyped-call]
+    path = h.admin.path("leases", f"{RELEASE}-controller")
+    deadline = time.monotonic() + 60
+    while h.admin.find(path) is None:  # the running controller takes it
+        assert time.monotonic() < deadline, h.log_tail()
+        time.sleep(0.2)
+    kube = Kube(from_configuration(cfg), h.ns)
+    try:
+        lease = kube.get(path)  # the Role allows exactly this Lease
+    finally:
+        kube.close()
+    assert lease["spec"]["holderIdentity"]
+
+
+def test_the_controller_is_ready_once_it_holds_the_lease(h: Harness) -> None:
+    assert "leader" in h.readiness(200)
+    assert httpx.get(h.health_url + "/healthz", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("who", ["bad-token", "no-role"])
+def test_a_controller_the_api_server_refuses_says_why_and_never_turns_ready(
+    h: Harness, who: str
+) -> None:
+    """Not a silent standby: the refusal is logged as an error and /readyz stays 503."""
+    h.stop_controller()
+    if who == "bad-token":
+        token, status = "not-a-service-account-token", 401
+    else:  # a real token, of a ServiceAccount the chart's Role is not bound to
+        token = h.cp.kubectl("create", "token", "default", "-n", h.ns).stdout.strip()
+        status = 403
+    (h.tmp / "refused-token").write_text(token)
+    h.start_controller(FLIPSERVE_KUBE_TOKEN_PATH=str(h.tmp / "refused-token"))
+
+    h.readiness(503, containing=f"HTTP {status}")
+    time.sleep(3)  # FLIPSERVE_CONTROLLER_LEASE_S=3: several attempts later, still refused
+
+    assert "not a standby" in h.readiness(503, containing=f"HTTP {status}", timeout=1)
+    log = h.log_tail()
+    assert f"HTTP {status}" in log and "not a standby" in log, log
+    assert "standby: lease" not in log, log
