@@ -7,7 +7,9 @@ ConfigMap ``<fullname>-copy-job-template`` (key ``job.yaml``).
 
 The API Deployment is the release's record: its annotations hold the active
 colour, model version, digest and scores, the previous ones (for rollback),
-and the lock naming the one Promotion allowed to change it. What is in
+what each colour's volume holds (``<colour>-model-*``, written when a copy
+onto it starts, so a rollback never returns to a volume a refused candidate
+overwrote), and the lock naming the one Promotion allowed to change it. What is in
 production (and the scores a candidate must beat) is not kept here but in
 the store's production record, shared with every other promoter; the
 controller reaches the store with the chart's store settings and credentials
@@ -87,6 +89,21 @@ class ReleaseState:
             digest=digest,
             scores=scores,
         )
+
+    def held(self, colour: Colour) -> ModelTarget | None:
+        """The model ``colour``'s volume holds: the last one copied there (or served from it).
+
+        The ``<colour>-model-*`` annotations are written when a copy onto the
+        colour starts, so a refused candidate is recorded as soon as it begins to
+        overwrite what was there. A release whose colours were never recorded
+        (promoted before these annotations existed) falls back on what it
+        served: the active model on the active colour, the previous one on the
+        other, until its next switch records both.
+        """
+        recorded = self.target(f"{colour}-")
+        if recorded is not None:
+            return recorded
+        return self.target() if colour is self.active_colour else self.target("previous-")
 
 
 class KubePlatform:
@@ -187,11 +204,17 @@ class KubePlatform:
         if not template:
             raise PromotionError(f"ConfigMap {self.fullname}-copy-job-template has no job.yaml")
         job = render_copy_job(template, name, self.promotion, colour, self.claim(colour), target)
+        self._record_held(colour, target)  # first: from here on the volume is being overwritten
         try:
             self.kube.create(self.kube.path("jobs"), job)
         except KubeError as e:
             if e.status != 409:  # 409: created by an earlier run of this step
                 raise
+
+    def _record_held(self, colour: Colour, target: ModelTarget) -> None:
+        """Annotate the API Deployment with what ``colour``'s volume holds (no rollout)."""
+        patch = {"metadata": {"annotations": _target_annotations(f"{colour}-", target)}}
+        self.kube.patch(self.kube.path("deployments", self.api_name), patch)
 
     def copy_progress(self, colour: Colour, target: ModelTarget) -> CopyProgress:
         job = self.kube.find(self.kube.path("jobs", self.copy_job_name))
@@ -258,8 +281,11 @@ class KubePlatform:
         if not moves and recorded:
             return False
         ann = {ACTIVE_COLOUR: colour.value} | _target_annotations("", target)
+        ann |= _target_annotations(f"{colour}-", target)
         if state.active_colour != colour:
+            # The colour left behind keeps what it served: a rollback returns to it.
             ann |= _target_annotations("previous-", state.target())
+            ann |= _target_annotations(f"{state.active_colour}-", state.target())
         patch = _claim_patch(dep, self.fullname, self.claim(colour), colour)
         rv = dep["metadata"]["resourceVersion"]
         # A stale resourceVersion makes the API server answer 409 (retried), not apply.

@@ -11,9 +11,11 @@ the machine it adds what only a cluster needs:
   promotion holds it, it stays Pending with the reason in its status, and the
   lock is dropped once the promotion is finished;
 - **rollback requests** (``spec.rollback: true``): switch to the idle colour,
-  whose volume still holds the previous model, wait for the rollout, write
+  if its volume still holds the previous model, wait for the rollout, write
   the store's production record back to that model (compare-and-swap, only
-  if it still names the model rolled back from), RolledBack;
+  if it still names the model rolled back from), RolledBack. A promotion that
+  copied onto the idle colour since (and was refused) left its candidate
+  there: the rollback then fails, saying to promote the previous model again;
 - **retry-later vs give-up**: TemporaryError and API failures that may heal
   (no connection, 409, 429, 5xx) propagate for the controller to retry with a
   delay and the status untouched; any other error ends the promotion — Failed
@@ -203,7 +205,7 @@ def _start_rollback(
     state = platform.state()
     previous = state.target("previous-")
     active = platform.active()
-    to = rollback_target(active, standby_ready=previous is not None)
+    to = rollback_target(active, previous, state.held(state.active_colour.other))
     st.from_colour, st.to_colour = state.active_colour, to
     st.previous = state.target()
     st.last_promoted = previous

@@ -285,6 +285,34 @@ def test_rollback_flips_back_to_the_previous_colour_and_model(h: Harness) -> Non
     assert until_pods_on(h, BLUE) == [BLUE, BLUE]
 
 
+def test_a_rollback_after_a_refused_promotion_does_not_serve_the_refused_model(
+    h: Harness,
+) -> None:
+    """The refused candidate's copy overwrote the idle volume: it no longer holds v1."""
+    h.promoted("v1", model("v1", 0.7))
+    h.promoted("v2", model("v2", 0.9))  # blue → green; blue keeps v1
+    worse = model("v3", 0.5)
+    h.preview.model = worse
+    h.promote("v3", worse)  # the copy Job fills blue with v3, then the score gate refuses it
+    refused = h.wait("v3")
+    assert refused["phase"] == "Failed" and "score gate failed" in refused["reason"]
+
+    done = h.cli("rollback")
+
+    assert done.returncode == 1, done.stdout + done.stderr + h.log_tail()
+    assert "the idle colour blue now holds v3, not v1" in done.stdout, done.stdout
+    assert "promote v1" in done.stdout
+    ann = h.annotations()
+    assert (ann["flipserve.dev/active-colour"], ann["flipserve.dev/model-version"]) == (
+        "green",
+        "v2",
+    )
+    assert ann["flipserve.dev/blue-model-version"] == "v3"  # what blue's volume holds
+    assert h.claim() == GREEN
+    assert len(h.events("SwitchedColour")) == 1  # only v2's switch
+    assert "flipserve.dev/promotion" not in ann  # the refused rollback dropped the lock
+
+
 def test_a_second_promotion_waits_for_the_running_one(h: Harness) -> None:
     h.promoted("v1", model("v1", 0.7))
     first, second = model("v2", 0.8), model("v3", 0.9)

@@ -170,8 +170,8 @@ def test_a_worse_model_is_refused_and_not_even_a_rollback_serves_it(local: Local
     assert active is not None and active.colour is Colour.GREEN
     assert local.platform.preview_url(Colour.BLUE) is None  # the preview was stopped
     assert local.version() == "v2"
-    with pytest.raises(PromotionError, match="holds no ready model"):
-        runner.rollback_local(local.platform)  # blue now holds the refused v3, not v1
+    with pytest.raises(PromotionError, match="the idle colour blue now holds v3, not v1"):
+        runner.rollback_local(local.platform)  # the refused v3's copy overwrote v1 on blue
     assert local.version() == "v2"
     assert _history(local.platform) == ["Promoted", "Promoted", "Failed"]
 

@@ -5,13 +5,15 @@ import pytest
 
 from flipserve.errors import PromotionError
 from flipserve.kubeplatform import (
+    ReleaseState,
     _claim_patch,
+    _target_annotations,
     job_progress,
     model_claim,
     render_copy_job,
     rollout_complete,
 )
-from flipserve.promotion import CopyState, ModelTarget
+from flipserve.promotion import Colour, CopyState, ModelTarget
 
 TEMPLATE_CM = (
     Path(__file__).parents[2] / "charts/flipserve/templates/configmap-copy-job-template.yaml"
@@ -118,3 +120,27 @@ def test_render_copy_job_refuses_values_that_would_break_the_yaml() -> None:
     bad = TARGET.model_copy(update={"uri": 's3://b/"x'})
     with pytest.raises(PromotionError, match="quote"):
         render_copy_job(_job_template(), "j", "p", "blue", "c", bad)
+
+
+def _release(*records: tuple[str, ModelTarget]) -> ReleaseState:
+    annotations: dict[str, str] = {}
+    for prefix, target in records:
+        annotations |= _target_annotations(prefix, target)
+    return ReleaseState(Colour.GREEN, "rel-model-green", annotations)
+
+
+V1 = TARGET.model_copy(update={"version": "v1", "digest": "1" * 64})
+V3 = TARGET.model_copy(update={"version": "v3", "digest": "3" * 64})
+
+
+def test_a_colour_holds_what_was_last_copied_onto_it() -> None:
+    """A refused candidate's copy is recorded on its colour as it starts."""
+    state = _release(("", TARGET), ("previous-", V1), ("blue-", V3), ("green-", TARGET))
+    assert state.held(Colour.BLUE) == V3
+    assert state.held(Colour.GREEN) == TARGET
+
+
+def test_a_release_recorded_before_per_colour_records_falls_back_on_what_it_served() -> None:
+    state = _release(("", TARGET), ("previous-", V1))
+    assert state.held(Colour.GREEN) == TARGET
+    assert state.held(Colour.BLUE) == V1

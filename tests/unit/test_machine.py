@@ -507,13 +507,27 @@ def test_admission_refuses_while_another_promotion_runs() -> None:
     assert reason is not None and "promote-v2" in reason
 
 
-def test_rollback_target_is_the_idle_colour_if_it_holds_a_model() -> None:
-    active = ActiveModel(colour=Colour.GREEN)
-    assert machine.rollback_target(active, standby_ready=True) is Colour.BLUE
+def test_rollback_target_is_the_idle_colour_if_it_still_holds_the_previous_model() -> None:
+    active = ActiveModel(colour=Colour.GREEN, target=NEW)
+    assert machine.rollback_target(active, OLD, OLD) is Colour.BLUE
     with pytest.raises(PromotionError, match="holds no ready model"):
-        machine.rollback_target(active, standby_ready=False)
+        machine.rollback_target(active, OLD, None)  # a copy onto it never finished
     with pytest.raises(PromotionError, match="nothing is being served"):
-        machine.rollback_target(None, standby_ready=True)
+        machine.rollback_target(None, OLD, OLD)
+
+
+def test_a_rollback_onto_a_refused_candidates_volume_is_refused() -> None:
+    """A refused promotion's copy overwrote the idle colour: it no longer holds OLD."""
+    refused = ModelTarget(version="v3", uri="s3://b/m/v3", digest="c" * 64)
+    active = ActiveModel(colour=Colour.GREEN, target=NEW)
+    with pytest.raises(PromotionError) as e:
+        machine.rollback_target(active, OLD, refused)
+    assert str(e.value) == (
+        f"the idle colour blue now holds v3, not {OLD.version} (a later promotion copied it "
+        f"there); promote {OLD.version} ({OLD.uri}) again to go back to it"
+    )
+    with pytest.raises(PromotionError, match="which never served"):
+        machine.rollback_target(active, None, refused)  # nothing served before NEW
 
 
 def test_copy_decision_covers_every_copy_state() -> None:

@@ -146,8 +146,6 @@ class LocalPlatform:
                 return
             _terminate(job["pid"])  # a leftover copy of another target must not race this one
         self._stop_server(state, colour)  # a standby must not read a volume being rewritten
-        if (state.get("standby") or {}).get("colour") == colour.value:
-            state["standby"] = None  # its previous model is about to be overwritten
         cmd = [self.python, "-m", "flipserve", "copy", "--uri", target.uri]
         cmd += ["--digest", target.digest, "--version", target.version]
         cmd += ["--volume", str(self.volume(colour)), "--colour", colour.value]
@@ -294,20 +292,29 @@ class LocalPlatform:
 
     # --- beyond the protocol: rollback, history, teardown ---------------------
 
-    def standby_ready(self) -> bool:
-        """Whether the idle colour still holds the model that served before the last switch.
-
-        After a failed promotion the idle colour holds the refused candidate:
-        that is not something to roll back to.
-        """
+    def previous(self) -> ModelTarget | None:
+        """The model that served before the last switch, on the colour now idle."""
         active = self.active()
         standby = self.load().get("standby") or {}
-        target = standby.get("target") or {}
-        return (
-            active is not None
-            and standby.get("colour") == active.colour.other.value
-            and _ready_digest(self.volume(active.colour.other)) == target.get("digest")
-        )
+        raw = standby.get("target")
+        if active is None or standby.get("colour") != active.colour.other.value or not raw:
+            return None
+        return ModelTarget.model_validate(raw)
+
+    def held(self, colour: Colour) -> ModelTarget | None:
+        """The model ``colour``'s volume holds now: the one its READY marker names.
+
+        After a refused promotion the idle colour holds the refused candidate,
+        not the model that served before it; None while a copy is incomplete.
+        """
+        try:
+            ready = artifact.read_ready(self.volume(colour))
+        except ModelNotReadyError:
+            return None
+        known = self.target_on(colour)
+        if known is not None and known.digest == ready.digest:
+            return known
+        return ModelTarget(version=ready.version, uri="unknown", digest=ready.digest)
 
     def target_on(self, colour: Colour) -> ModelTarget | None:
         raw = self.load()["targets"].get(colour.value)

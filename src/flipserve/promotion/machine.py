@@ -207,15 +207,34 @@ def restore_production(
     return f"the production record names {restore.version} again (generation {written.generation})"
 
 
-def rollback_target(active: ActiveModel | None, standby_ready: bool) -> Colour:
-    """The colour a manual rollback switches to: the idle one, if it holds a model."""
+def rollback_target(
+    active: ActiveModel | None, previous: ModelTarget | None, on_idle: ModelTarget | None
+) -> Colour:
+    """The colour a manual rollback switches to: the idle one, if it still holds ``previous``.
+
+    ``previous`` is the model that served before the last switch; ``on_idle`` is
+    what the idle colour's volume holds now. They differ after a promotion that
+    copied its candidate onto the idle colour and was then refused (or failed):
+    switching there would serve the refused model, so the rollback is refused
+    and the user is told to promote the previous model again.
+    """
     if active is None:
         raise PromotionError("nothing is being served, so there is nothing to roll back")
-    if not standby_ready:
+    idle = active.colour.other
+    if previous is not None and on_idle is not None and on_idle.digest == previous.digest:
+        return idle
+    if on_idle is None:
+        raise PromotionError(f"the idle colour {idle} holds no ready model to roll back to")
+    if previous is None:
         raise PromotionError(
-            f"the idle colour {active.colour.other} holds no ready model to roll back to"
+            f"the idle colour {idle} holds {on_idle.version}, which never served: "
+            "there is no previous model to roll back to"
         )
-    return active.colour.other
+    raise PromotionError(
+        f"the idle colour {idle} now holds {on_idle.version}, not {previous.version} "
+        f"(a later promotion copied it there); promote {previous.version} "
+        f"({previous.uri}) again to go back to it"
+    )
 
 
 # --- steps (one per phase) ------------------------------------------------------

@@ -134,7 +134,7 @@ def run_local(
 
 
 def rollback_local(platform: LocalPlatform) -> tuple[Colour, float]:
-    """Switch the API back to the idle colour (its volume holds the previous model).
+    """Switch the API back to the idle colour, if its volume still holds the previous model.
 
     Then the store's production record, if it still names the model rolled
     back from, is written back to the one now served (compare-and-swap; a
@@ -144,8 +144,9 @@ def rollback_local(platform: LocalPlatform) -> tuple[Colour, float]:
     with promotion_lock(platform.root):
         start = time.monotonic()
         active = platform.active()
-        colour = rollback_target(active, platform.standby_ready())
-        back_to = platform.target_on(colour)
+        on_idle = platform.held(active.colour.other) if active else None
+        colour = rollback_target(active, platform.previous(), on_idle)
+        back_to = platform.held(colour)
         platform.switch(colour, back_to)
         while not platform.rollout_done(colour):
             time.sleep(0.05)
