@@ -151,10 +151,10 @@ REF ?= model_refs/model.json
 TEXT ?= I love this!
 DEPLOY_ARGS ?=
 # `make publish-model` trains VERSION with TRAIN_ARGS (flipserve train) and
-# publishes it to the cluster's MinIO through a port-forward, writing REF.
+# publishes it to the cluster's object store through a port-forward, writing REF.
 VERSION ?= v1
 TRAIN_ARGS ?= --config tiny
-MINIO_LOCAL_PORT ?= 19000
+STORE_LOCAL_PORT ?= 18333
 # flipserve commands run here talk to the cluster through the current kubeconfig.
 CLUSTER_ENV := FLIPSERVE_NAMESPACE=$(NAMESPACE) FLIPSERVE_RELEASE=$(RELEASE)
 
@@ -203,21 +203,21 @@ deploy: $(EVAL_SET) ## helm upgrade --install the chart (the API turns ready aft
 	$(HELM) upgrade --install $(RELEASE) $(CHART) -n $(NAMESPACE) \
 	  --set image.repository=$(IMAGE) --set image.tag=$(IMAGE_TAG) \
 	  --set controller.evalSet.configMap=$(RELEASE)-eval-set $(DEPLOY_ARGS)
-	kubectl -n $(NAMESPACE) rollout status deploy/$(RELEASE)-minio --timeout=300s
+	kubectl -n $(NAMESPACE) rollout status deploy/$(RELEASE)-object-store --timeout=300s
 	kubectl -n $(NAMESPACE) rollout status deploy/$(RELEASE)-controller --timeout=300s
 
 .PHONY: publish-model
-publish-model: setup ## Train VERSION (TRAIN_ARGS) and publish it to the cluster's MinIO, writing REF
-	@set -m; kubectl -n $(NAMESPACE) port-forward svc/$(RELEASE)-minio $(MINIO_LOCAL_PORT):9000 >/dev/null & \
+publish-model: setup ## Train VERSION (TRAIN_ARGS) and publish it to the cluster's object store, writing REF
+	@set -m; kubectl -n $(NAMESPACE) port-forward svc/$(RELEASE)-object-store $(STORE_LOCAL_PORT):8333 >/dev/null & \
 	  pf=$$!; trap 'kill $$pf' EXIT; sleep 3; \
 	  secret() { kubectl -n $(NAMESPACE) get secret $(RELEASE)-store -o jsonpath="{.data.$$1}" | base64 -d; }; \
-	  export FLIPSERVE_STORE_URI=s3://flipserve FLIPSERVE_S3_ENDPOINT_URL=http://127.0.0.1:$(MINIO_LOCAL_PORT); \
+	  export FLIPSERVE_STORE_URI=s3://flipserve FLIPSERVE_S3_ENDPOINT_URL=http://127.0.0.1:$(STORE_LOCAL_PORT); \
 	  export FLIPSERVE_S3_ACCESS_KEY_ID=$$(secret accessKeyId) FLIPSERVE_S3_SECRET_ACCESS_KEY=$$(secret secretAccessKey); \
 	  $(FLIPSERVE) train out/models/$(VERSION) --version $(VERSION) $(TRAIN_ARGS) && \
 	  $(FLIPSERVE) publish out/models/$(VERSION) --ref $(REF)
 
 .PHONY: seed
-seed: publish-model ## Publish the first model (VERSION=v1) to MinIO and promote it
+seed: publish-model ## Publish the first model (VERSION=v1) to the object store and promote it
 	$(MAKE) promote REF=$(REF)
 
 .PHONY: promote

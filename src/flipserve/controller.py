@@ -53,11 +53,13 @@ _ATTEMPT_S = 120.0
 
 
 def service_urls(settings: Settings, release: str) -> Urls:
-    """In-cluster Service URLs of the API and the preview, unless overridden in settings."""
+    """In-cluster Service URLs of the API and the preview, unless overridden in settings,
+    and how to reach one API pod directly (the observe window)."""
     ns, port = settings.namespace, settings.http_port
     return Urls(
         api=settings.service_urls.get("api", f"http://{release}.{ns}.svc:{port}"),
         preview=settings.service_urls.get("preview", f"http://{release}-preview.{ns}.svc:{port}"),
+        pod=settings.pod_url,
     )
 
 

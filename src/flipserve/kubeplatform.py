@@ -32,7 +32,7 @@ import yaml  # type: ignore[import-untyped]
 
 from flipserve.errors import KubeError, PromotionError, TemporaryError
 from flipserve.kube import JSON_PATCH, Kube, Obj
-from flipserve.probe import HttpProbe
+from flipserve.probe import HttpProbe, ServerMetrics, observed_window
 from flipserve.promotion import (
     ActiveModel,
     Colour,
@@ -42,7 +42,7 @@ from flipserve.promotion import (
     Production,
 )
 from flipserve.promotion.production import StoreProduction
-from flipserve.promotion.status import ObservedMetrics
+from flipserve.promotion.status import ObservedMetrics, ServerCounters
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,9 @@ class Urls:
 
     api: str
     preview: str
+    pod: str = "http://{ip}:{port}"
+    """Where the observe window reaches one API pod: ``{ip}``, ``{port}`` (its ``http``
+    container port), ``{name}``, ``{namespace}``."""
 
 
 ANN = "flipserve.dev/"
@@ -312,16 +315,46 @@ class KubePlatform:
     def traffic_sample(self, n: int) -> list[str]:
         return self.probe.traffic_sample(self.urls.api, n)
 
-    def observe(self, colour: Colour, since_seconds: float) -> ObservedMetrics:
-        """The API's counters; its pods were all replaced at the switch, so they start there."""
-        return self.probe.metrics(self.urls.api)
+    def observe_start(self, colour: Colour) -> dict[str, ServerCounters]:
+        """Each Ready API pod on ``colour``: its counters when the observe window starts."""
+        return {key: m.counters for key, m in self._scrape(colour).items()}
+
+    def observe(
+        self, colour: Colour, since_seconds: float, baseline: dict[str, ServerCounters]
+    ) -> ObservedMetrics:
+        """The window since ``baseline``, summed over every Ready API pod on ``colour``.
+
+        Each pod is read directly (not through the Service, which answers with
+        whichever pod it picks). A pod that started or restarted since the
+        baseline counts from zero; one that is gone or not Ready is left out.
+        """
+        now = self._scrape(colour)
+        if not now:
+            raise TemporaryError(f"no Ready API pod on {colour} answered GET /metrics", delay=2.0)
+        return observed_window(baseline, now)
+
+    def _scrape(self, colour: Colour) -> dict[str, ServerMetrics]:
+        """``GET /metrics`` of every Ready API pod on ``colour``, by :func:`pod_key`."""
+        dep = self.api_deployment()
+        scraped: dict[str, ServerMetrics] = {}
+        for pod in self.kube.items(self.kube.path("pods"), _selector(dep)):
+            url = pod_url(self.urls.pod, pod, self.kube.namespace)
+            if (
+                url is None
+                or not _ready(pod)
+                or model_claim(pod, self.fullname) != self.claim(colour)
+            ):
+                continue
+            try:
+                scraped[pod_key(pod)] = self.probe.server_metrics(url)
+            except TemporaryError:
+                continue  # not answering (stopping, restarting): counted when it does again
+        return scraped
 
     def pod_claims(self, deployment: str | None = None) -> list[str]:
         """The model claim of every live pod of a Deployment (status and tests)."""
         dep = self.kube.get(self.kube.path("deployments", deployment or self.api_name))
-        labels = dep["spec"]["selector"].get("matchLabels", {})
-        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-        pods = self.kube.items(self.kube.path("pods"), selector)
+        pods = self.kube.items(self.kube.path("pods"), _selector(dep))
         return [model_claim(p, self.fullname) for p in pods if not _terminating(p)]
 
 
@@ -339,6 +372,41 @@ def _target_annotations(prefix: str, target: ModelTarget | None) -> dict[str, st
 
 def _terminating(obj: Obj) -> bool:
     return bool(obj["metadata"].get("deletionTimestamp"))
+
+
+def _selector(deployment: Obj) -> str:
+    labels = deployment["spec"]["selector"].get("matchLabels", {})
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def _ready(pod: Obj) -> bool:
+    conditions = pod.get("status", {}).get("conditions") or []
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    return ready and not _terminating(pod)
+
+
+def pod_key(pod: Obj) -> str:
+    """A server's identity across readings: the pod and how often its containers restarted
+    (a restarted server counts from zero again, so it is a new server)."""
+    statuses = pod.get("status", {}).get("containerStatuses") or []
+    restarts = sum(int(c.get("restartCount") or 0) for c in statuses)
+    return f"{pod['metadata']['name']}#{restarts}"
+
+
+def pod_url(template: str, pod: Obj, namespace: str) -> str | None:
+    """``template`` filled in for ``pod``; None before it has an IP or an ``http`` port."""
+    ip = pod.get("status", {}).get("podIP")
+    ports = [
+        port.get("containerPort")
+        for container in pod.get("spec", {}).get("containers") or []
+        for port in container.get("ports") or []
+        if port.get("name") == "http"
+    ]
+    if not ip or not ports:
+        return None
+    host = f"[{ip}]" if ":" in ip else ip  # IPv6
+    name = pod["metadata"]["name"]
+    return template.format(ip=host, port=ports[0], name=name, namespace=namespace)
 
 
 # --- pure helpers on manifests (unit-tested) ---------------------------------

@@ -13,7 +13,9 @@ contract with ``server/``:
 - ``GET /traffic/sample?n=N`` (bearer token) — recent live request texts;
 - ``GET /metrics`` — Prometheus text: ``flipserve_requests_total{endpoint,status}``
   (5xx are errors), the ``flipserve_request_latency_seconds`` histogram, the
-  ``flipserve_drift_p_value`` and ``flipserve_drift`` gauges;
+  ``flipserve_drift_p_value`` and ``flipserve_drift`` gauges. The counters are
+  cumulative since the server started: the observe window reads every pod of
+  the new colour at its start and again later (:func:`observed_window`);
 - ``POST /drift`` ``{"texts": [...]}`` → ``{"p_value", ...}``: the drift gate's test
   of live texts against the *candidate's* reference, run by the preview server that
   holds it (``GET /drift`` is the online test of a server's own traffic).
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +36,11 @@ import httpx
 
 from flipserve.errors import TemporaryError
 from flipserve.promotion import gates as g
-from flipserve.promotion.status import Colour, ObservedMetrics
+from flipserve.promotion.status import Colour, ObservedMetrics, ServerCounters
 from flipserve.settings import Settings
+
+_SCRAPE_TIMEOUT = 5.0
+"""Seconds a server may take to answer ``GET /metrics`` (a slow pod is skipped, not waited on)."""
 
 
 @dataclass(frozen=True)
@@ -98,10 +104,9 @@ class HttpProbe:
         body = self._call("GET", f"{api_url}/traffic/sample", params={"n": n}).json()
         return [str(t) for t in body.get("texts", [])][:n]
 
-    def metrics(self, api_url: str) -> ObservedMetrics:
-        """Cumulative counters now; the caller diffs two readings for a window."""
-        text = self._call("GET", f"{api_url}/metrics").text
-        return observed_from_prometheus(text)
+    def server_metrics(self, url: str) -> ServerMetrics:
+        """One server's cumulative counters and drift gauges now (``GET /metrics``)."""
+        return parse_metrics(self._call("GET", f"{url}/metrics", timeout=_SCRAPE_TIMEOUT).text)
 
 
 def read_eval_set(path: Path) -> tuple[list[str], list[str]]:
@@ -114,12 +119,25 @@ def read_eval_set(path: Path) -> tuple[list[str], list[str]]:
     return texts, labels
 
 
-def observed_from_prometheus(text: str) -> ObservedMetrics:
-    """Requests, errors and p99 (from histogram buckets) out of Prometheus exposition text."""
+@dataclass(frozen=True)
+class ServerMetrics:
+    """What one server's ``GET /metrics`` says: counters (for windows) and drift gauges."""
+
+    counters: ServerCounters
+    drift_p_value: float | None = None
+    drift: bool = False
+
+
+def parse_metrics(text: str) -> ServerMetrics:
+    """Requests, 5xx errors, latency buckets and drift out of Prometheus exposition text.
+
+    Every labelled series is summed: all endpoints and statuses, and, per upper
+    bound, the latency histogram of each.
+    """
     requests = errors = 0.0
     drift_p: float | None = None
     drift = False
-    buckets: dict[float, float] = {}
+    buckets: dict[str, float] = {}
     for line in text.splitlines():
         if not line or line.startswith("#"):
             continue
@@ -131,26 +149,52 @@ def observed_from_prometheus(text: str) -> ObservedMetrics:
                 errors += float(value)
         elif metric == "flipserve_request_latency_seconds_bucket":
             le = name.split('le="', 1)[1].split('"', 1)[0]
-            bound = math.inf if le == "+Inf" else float(le)
-            buckets[bound] = buckets.get(bound, 0.0) + float(value)
+            buckets[le] = buckets.get(le, 0.0) + float(value)
         elif metric == "flipserve_drift_p_value":
             drift_p = float(value) if drift_p is None else min(drift_p, float(value))
         elif metric == "flipserve_drift":
             drift = drift or float(value) > 0
+    counters = ServerCounters(requests=requests, errors=errors, latency_buckets=buckets)
+    return ServerMetrics(counters=counters, drift_p_value=drift_p, drift=drift)
+
+
+def observed_window(
+    baseline: Mapping[str, ServerCounters], now: Mapping[str, ServerMetrics]
+) -> ObservedMetrics:
+    """The window from ``baseline`` to ``now``, summed over servers (keyed alike).
+
+    A server absent from the baseline (started, or restarted, since) counts from
+    zero; one absent from ``now`` (gone) is not counted. Drift is the servers'
+    gauges now: the lowest p-value, and whether any of them flags drift.
+    """
+    requests = errors = 0.0
+    buckets: dict[str, float] = {}
+    for key, metrics in now.items():
+        delta = metrics.counters.since(baseline.get(key))
+        requests, errors = requests + delta.requests, errors + delta.errors
+        for le, count in delta.latency_buckets.items():
+            buckets[le] = buckets.get(le, 0.0) + count
+    p_values = [m.drift_p_value for m in now.values() if m.drift_p_value is not None]
     return ObservedMetrics(
-        requests=int(requests),
-        errors=int(errors),
+        requests=round(requests),
+        errors=round(errors),
         p99_latency_ms=_p99_ms(buckets),
-        drift_p_value=drift_p,
-        drift=drift,
+        drift_p_value=min(p_values) if p_values else None,
+        drift=any(m.drift for m in now.values()),
     )
 
 
-def _p99_ms(buckets: dict[float, float]) -> float | None:
-    total = buckets.get(math.inf, 0.0)
+def observed_from_prometheus(text: str) -> ObservedMetrics:
+    """One server's counters since it started (a window from zero)."""
+    return observed_window({}, {"": parse_metrics(text)})
+
+
+def _p99_ms(buckets: dict[str, float]) -> float | None:
+    bounds = {math.inf if le == "+Inf" else float(le): count for le, count in buckets.items()}
+    total = bounds.get(math.inf, 0.0)
     if total <= 0:
         return None
-    for bound in sorted(buckets):
-        if buckets[bound] >= 0.99 * total:
+    for bound in sorted(bounds):
+        if bounds[bound] >= 0.99 * total:
             return None if math.isinf(bound) else bound * 1000.0
     return None

@@ -128,6 +128,10 @@ class Settings(BaseSettings):
     """Leader-election Lease duration; a standby takes over this long after a crash."""
     controller_health_port: int = 8081
     """Port of the controller's ``GET /readyz`` and ``/healthz`` (its pod's probes; 0: any)."""
+    pod_url: str = "http://{ip}:{port}"
+    """How the observe window reaches each API pod of the new colour, directly: a template
+    of ``{ip}`` (the pod IP), ``{port}`` (its ``http`` container port), ``{name}`` and
+    ``{namespace}``. The integration tests point it at stand-ins on loopback."""
     service_urls: dict[str, str] = Field(default_factory=dict)
     """Overrides of the in-cluster URLs the gates call, by role (``preview``, ``api``).
 

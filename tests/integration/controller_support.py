@@ -97,8 +97,21 @@ class Harness:
             "FLIPSERVE_SERVICE_URLS": json.dumps(
                 {"api": self.api.url, "preview": self.preview.url}
             ),
+            "FLIPSERVE_POD_URL": self.pod_url(),
             "FLIPSERVE_LOG_LEVEL": "INFO",
         }
+
+    def pod_url(self) -> str:
+        """Where the observe window reads each API pod (KWOK pods have no network).
+
+        A stub answers for every pod by name; the real server behind a Service
+        stand-in is the one server all pods share, so each pod reads the same
+        counters (the window's error rate is the server's, its request count
+        that many times over).
+        """
+        if isinstance(self.api, StubServer):
+            return self.api.url + "/pods/{name}"
+        return str(self.api.url)
 
     def start_controller(self, **env: str) -> None:
         log = self.tmp / f"controller-{len(self.logs)}.log"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -32,12 +32,31 @@ class Model:
     traffic: list[str] = field(default_factory=lambda: [f"live text {i}" for i in range(50)])
 
 
+@dataclass
+class Load:
+    """Traffic a pod serves between two readings of its ``/metrics`` (and how much of it fails)."""
+
+    requests: int
+    errors: int = 0
+
+
 class StubServer:
-    """One stub server; ``model`` is what it serves and can be swapped at any time."""
+    """One stub server; ``model`` is what it serves and can be swapped at any time.
+
+    It also stands in for the pods behind it (``FLIPSERVE_POD_URL`` pointing at
+    ``/pods/<name>``): each pod starts from ``model``'s counters the first time it
+    is read and, while ``load`` is set, has served ``load`` more by every later
+    reading. ``GET /metrics`` (the Service) answers with one of those pods, in turn,
+    as a Service does.
+    """
 
     def __init__(self, model: Model, name: str = "flipserve") -> None:
         self.model, self.name = model, name
         self.calls: list[str] = []
+        self.pods: dict[str, Model] = {}
+        self.load: Load | None = None
+        self._lock = threading.Lock()
+        self._turn = 0
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -65,7 +84,9 @@ class StubServer:
                 elif path == "/traffic/sample":
                     self._send({"texts": m.traffic})
                 elif path == "/metrics":
-                    self._send(_metrics(m), text=True)
+                    self._send(_metrics(stub.service_pick()), text=True)
+                elif path.startswith("/pods/") and path.endswith("/metrics"):
+                    self._send(_metrics(stub.pod_read(path.split("/")[2])), text=True)
                 else:
                     self._send({"error": "not found"}, 404)
 
@@ -83,6 +104,25 @@ class StubServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def pod_read(self, pod: str) -> Model:
+        """A pod's counters at this reading (see the class docstring)."""
+        with self._lock:
+            if pod not in self.pods:
+                self.pods[pod] = replace(self.model)
+            elif self.load is not None:
+                m = self.pods[pod]
+                m.requests, m.errors = m.requests + self.load.requests, m.errors + self.load.errors
+            return replace(self.pods[pod])
+
+    def service_pick(self) -> Model:
+        """What ``/metrics`` through the Service reads: one pod's cumulative counters."""
+        with self._lock:
+            if not self.pods:
+                return self.model
+            self._turn += 1
+            pod = sorted(self.pods)[self._turn % len(self.pods)]
+        return self.pod_read(pod)
 
     def __enter__(self) -> StubServer:
         self._thread.start()

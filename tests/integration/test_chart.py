@@ -131,8 +131,8 @@ def prepare(cp: ControlPlane, ns: str, values: Path) -> None:
     if values.name == "existing-secrets-values.yaml":
         cp.kubectl(
             "create", "secret", "generic", "flipserve-store-creds", "-n", ns,
-            "--from-literal=accessKeyId=minio-user",
-            "--from-literal=secretAccessKey=minio-pass-123",
+            "--from-literal=accessKeyId=store-user",
+            "--from-literal=secretAccessKey=store-pass-123",
         )  # fmt: skip
         cp.kubectl(
             "create", "secret", "generic", "flipserve-token", "-n", ns,
@@ -251,7 +251,7 @@ DENIED = [
     ("delete", "pods"),
     ("create", "deployments.apps"),
     ("delete", "deployments.apps/flipserve"),
-    ("patch", "deployments.apps/flipserve-minio"),
+    ("patch", "deployments.apps/flipserve-object-store"),
     ("patch", "deployments.apps/flipserve-controller"),
     ("update", "deployments.apps/flipserve-controller", "--subresource=scale"),
     ("patch", "jobs.batch"),

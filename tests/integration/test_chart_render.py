@@ -7,6 +7,7 @@ error messages.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -334,25 +335,111 @@ def test_promotion_crd_prints_phase_colours_version_score_and_drift(default: lis
     ]  # fmt: skip
 
 
-def test_minio_mode_points_the_store_at_the_in_cluster_minio(default: list[Obj]) -> None:
+def test_object_store_mode_points_the_store_at_the_in_cluster_seaweedfs(default: list[Obj]) -> None:
     api = find(default, "Deployment", "flipserve")
     env = env_of(pod_spec(api)["containers"][0])
-    assert env["FLIPSERVE_S3_ENDPOINT_URL"]["value"] == "http://flipserve-minio.demo.svc:9000"
-    minio = find(default, "Deployment", "flipserve-minio")
-    minio_env = env_of(pod_spec(minio)["containers"][0])
-    assert minio_env["MINIO_ROOT_USER"]["valueFrom"]["secretKeyRef"]["name"] == "flipserve-store"
-    bucket = find(default, "Job", "flipserve-minio-bucket")
+    assert (
+        env["FLIPSERVE_S3_ENDPOINT_URL"]["value"] == "http://flipserve-object-store.demo.svc:8333"
+    )
+    service = find(default, "Service", "flipserve-object-store")
+    assert service["spec"]["ports"] == [
+        {"name": "s3", "port": 8333, "targetPort": "s3", "protocol": "TCP"}
+    ]
+    store = find(default, "Deployment", "flipserve-object-store")
+    assert store["metadata"]["labels"]["app.kubernetes.io/component"] == "object-store"
+    assert service["spec"]["selector"] == store["spec"]["selector"]["matchLabels"]
+    assert claim_of_store(store) == "flipserve-object-store"
+    find(default, "PersistentVolumeClaim", "flipserve-object-store")
+    store_env = env_of(pod_spec(store)["containers"][0])
+    for var, key in (
+        ("AWS_ACCESS_KEY_ID", "accessKeyId"),
+        ("AWS_SECRET_ACCESS_KEY", "secretAccessKey"),
+    ):
+        assert store_env[var]["valueFrom"]["secretKeyRef"] == {
+            "name": "flipserve-store",
+            "key": key,
+        }
+    bucket = find(default, "Job", "flipserve-object-store-bucket")
     assert "post-install" in bucket["metadata"]["annotations"]["helm.sh/hook"]
     assert env_of(pod_spec(bucket)["containers"][0])["BUCKET"]["value"] == "flipserve"
 
 
-def test_external_s3_mode_has_no_minio_and_uses_the_given_endpoint() -> None:
+def claim_of_store(store: Obj) -> str:
+    (data,) = [v for v in pod_spec(store)["volumes"] if v["name"] == "data"]
+    return str(data["persistentVolumeClaim"]["claimName"])
+
+
+def test_the_object_store_runs_weed_without_a_shell_as_non_root_on_a_read_only_root(
+    default: list[Obj],
+) -> None:
+    """The image may be FROM scratch with /usr/bin/weed alone (as the one built here is)."""
+    spec = pod_spec(find(default, "Deployment", "flipserve-object-store"))
+    (weed,) = spec["containers"]
+    assert weed["image"] == "chrislusf/seaweedfs:4.53"
+    assert weed["command"] == ["/usr/bin/weed"]
+    assert weed["args"][:2] == ["-logtostderr", "server"] and "-s3" in weed["args"]
+    # Only the S3 gateway listens beyond the pod; master, volume and filer stay on loopback.
+    assert {"-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3.ip.bind=0.0.0.0"} <= set(weed["args"])
+    assert "-master.telemetry=false" in weed["args"]
+    assert weed["ports"] == [{"name": "s3", "containerPort": 8333, "protocol": "TCP"}]
+    for probe, path in (
+        ("startupProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+        ("livenessProbe", "/healthz"),
+    ):
+        assert weed[probe]["httpGet"] == {"path": path, "port": "s3"}, probe
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["runAsUser"] == 10001
+    assert weed["securityContext"]["readOnlyRootFilesystem"] is True
+    assert weed["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    mounts = {m["mountPath"]: m["name"] for m in weed["volumeMounts"]}
+    assert mounts == {"/data": "data", "/tmp": "tmp"}  # its only writable paths
+    assert "-dir=/data" in weed["args"]
+    assert spec["automountServiceAccountToken"] is False
+
+
+def test_the_bucket_job_runs_python_in_the_flipserve_image(default: list[Obj]) -> None:
+    """No client image to pull or keep patched: the store's image is only its server."""
+    job = find(default, "Job", "flipserve-object-store-bucket")
+    spec = pod_spec(job)
+    (create,) = spec["containers"]
+    assert (
+        create["image"]
+        == pod_spec(find(default, "Deployment", "flipserve"))["containers"][0]["image"]
+    )
+    assert create["command"] == ["python", "-c"]
+    compile(create["args"][0], "create-bucket", "exec")
+    env = env_of(create)
+    assert env["S3_ENDPOINT"]["value"] == "http://flipserve-object-store.demo.svc:8333"
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "flipserve-store"
+    assert create["securityContext"]["readOnlyRootFilesystem"] is True
+    assert spec["restartPolicy"] == "OnFailure" and job["spec"]["backoffLimit"] >= 1
+
+
+def test_fixed_object_store_keys_become_the_store_secret() -> None:
+    """ci/monitoring-values.yaml fixes them; every flipserve container and weed read that Secret."""
+    (secret,) = render(MONITORING, show_only="templates/secret-store.yaml")
+    assert secret["data"] == {
+        "accessKeyId": base64.b64encode(b"flipserve-ci").decode(),
+        "secretAccessKey": base64.b64encode(b"flipserve-ci-password").decode(),
+    }
+
+
+def test_external_s3_mode_has_no_object_store_and_uses_the_given_endpoint() -> None:
     objs = render(CHART / "ci" / "external-s3-values.yaml")
-    assert not [o for o in objs if "minio" in o["metadata"]["name"]]
+    assert not [o for o in objs if "object-store" in o["metadata"]["name"]]
     env = env_of(pod_spec(find(objs, "Deployment", "flipserve"))["containers"][0])
     assert env["FLIPSERVE_S3_ENDPOINT_URL"]["value"] == "https://s3.example.com"
     ingress = find(objs, "Ingress", "flipserve")
     assert ingress["spec"]["rules"][0]["host"] == "flipserve.example.com"
+
+
+def test_the_old_minio_values_are_refused_by_name() -> None:
+    """An upgrade with a pre-SeaweedFS values file fails loudly instead of ignoring it."""
+    args = ["template", "x", str(CHART), "--kube-version", KUBE_VERSION]
+    out = helm(*args, "--set", "minio.enabled=false", check=False)
+    assert out.returncode != 0
+    assert "additional properties 'minio' not allowed" in out.stderr
 
 
 def test_existing_secrets_are_referenced_and_not_created() -> None:
@@ -418,7 +505,7 @@ def test_schema_rejects_bad_values_naming_the_key(sets: dict[str, str], message:
 
 
 def test_external_s3_without_keys_leaves_credentials_to_the_default_chain() -> None:
-    objs = render(sets={"minio.enabled": "false"})
+    objs = render(sets={"objectStore.enabled": "false"})
     assert [o for o in objs if o["kind"] == "Secret"] == [
         find(objs, "Secret", "flipserve-api-token")
     ]
@@ -431,7 +518,7 @@ def test_external_s3_without_keys_leaves_credentials_to_the_default_chain() -> N
 
 def test_external_s3_with_half_a_key_pair_says_which_value_is_missing() -> None:
     args = ["template", "x", str(CHART), "--kube-version", KUBE_VERSION]
-    args += ["--set", "minio.enabled=false", "--set", "store.accessKeyId=AKIA"]
+    args += ["--set", "objectStore.enabled=false", "--set", "store.accessKeyId=AKIA"]
     out = helm(*args, check=False)
     assert out.returncode != 0
     assert "store.secretAccessKey is required when store.accessKeyId is set" in out.stderr

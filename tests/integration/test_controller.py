@@ -47,6 +47,7 @@ from tests.integration.controller_support import (
     until_pods_on,
 )
 from tests.integration.promotion_support import heldout, live_emails, live_tweets, published
+from tests.integration.stub_server import Load
 
 __all__ = ["heldout", "live_emails", "live_tweets", "published"]  # fixtures
 
@@ -191,16 +192,21 @@ def test_a_volume_holding_another_model_fails_verification_before_any_switch(
 
 
 def test_errors_on_the_new_colour_roll_the_api_back(h: Harness) -> None:
+    """Judged on the window summed over the new colour's pods, not on their cumulative
+    counters: 100,000 clean requests before the window do not dilute its 30% errors."""
     h.promoted("v1", model("v1", 0.7))
     candidate = model("v2", 0.9)
     h.preview.model = candidate
-    h.api.model = model("v1", 0.7, errors=30, requests=100)  # what the API reports after the flip
+    h.api.model = model("v2", 0.9, requests=100_000, errors=0)  # each pod's count so far
+    h.api.load = Load(requests=100, errors=30)  # each pod, between two readings
     h.promote("v2", candidate)
 
     status = h.wait("v2")
 
-    assert status["phase"] == "RolledBack"
-    assert "error rate" in status["rollbackReason"]
+    assert status["phase"] == "RolledBack", status
+    assert "error rate 30.00%" in status["rollbackReason"], status["rollbackReason"]
+    baseline = status["observeBaseline"]  # both new pods, read directly, by name
+    assert len(baseline) == 2 and {k.rsplit("#", 1)[0] for k in baseline} == set(h.api.pods)
     ann = h.annotations()
     assert (ann["flipserve.dev/active-colour"], ann["flipserve.dev/model-version"]) == (
         "blue",
@@ -208,6 +214,24 @@ def test_errors_on_the_new_colour_roll_the_api_back(h: Harness) -> None:
     )
     assert len(h.events("SwitchedColour")) == 2  # there and back
     assert until_pods_on(h, BLUE) == [BLUE, BLUE]
+
+
+def test_errors_before_the_observe_window_do_not_roll_the_api_back(h: Harness) -> None:
+    """What the new pods counted before Observing began (say, while they warmed up) is
+    not the window: clean traffic in it promotes."""
+    h.promoted("v1", model("v1", 0.7))
+    candidate = model("v2", 0.9)
+    h.preview.model = candidate
+    h.api.model = model("v2", 0.9, requests=1000, errors=500)  # before the window
+    h.api.load = Load(requests=100, errors=0)
+    h.promote("v2", candidate)
+
+    status = h.wait("v2")
+
+    assert status["phase"] == "Promoted", status
+    observed = status["observed"]
+    assert observed["errors"] == 0 and observed["requests"] >= 200, observed
+    assert h.annotations()["flipserve.dev/model-version"] == "v2"
 
 
 def test_a_copy_job_that_fails_verification_fails_the_promotion_before_any_switch(

@@ -10,6 +10,8 @@ from flipserve.kubeplatform import (
     _target_annotations,
     job_progress,
     model_claim,
+    pod_key,
+    pod_url,
     render_copy_job,
     rollout_complete,
 )
@@ -144,3 +146,26 @@ def test_a_release_recorded_before_per_colour_records_falls_back_on_what_it_serv
     state = _release(("", TARGET), ("previous-", V1))
     assert state.held(Colour.GREEN) == TARGET
     assert state.held(Colour.BLUE) == V1
+
+
+def _pod(ip: str | None = "10.244.0.7", restarts: tuple[int, ...] = (0,)) -> dict:
+    return {
+        "metadata": {"name": "rel-6f7c-abcde"},
+        "spec": {
+            "containers": [{"name": "server", "ports": [{"name": "http", "containerPort": 8080}]}]
+        },
+        "status": {"podIP": ip, "containerStatuses": [{"restartCount": n} for n in restarts]},
+    }
+
+
+def test_the_observe_window_reaches_each_pod_at_its_ip_and_http_port() -> None:
+    assert pod_url("http://{ip}:{port}", _pod(), "ns") == "http://10.244.0.7:8080"
+    assert pod_url("http://{ip}:{port}", _pod("fd00::7"), "ns") == "http://[fd00::7]:8080"
+    template = "http://127.0.0.1:9/{namespace}/{name}"
+    assert pod_url(template, _pod(), "ns") == "http://127.0.0.1:9/ns/rel-6f7c-abcde"
+    assert pod_url("http://{ip}:{port}", _pod(None), "ns") is None  # not scheduled yet
+
+
+def test_a_restarted_pod_is_a_new_server_to_the_observe_window() -> None:
+    assert pod_key(_pod()) == "rel-6f7c-abcde#0"
+    assert pod_key(_pod(restarts=(1, 0))) == "rel-6f7c-abcde#1"

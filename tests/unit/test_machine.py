@@ -18,6 +18,7 @@ from flipserve.promotion.status import (
     Phase,
     PromotionSpec,
     PromotionStatus,
+    ServerCounters,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -57,6 +58,10 @@ class FakePlatform:
     """Versions written to the production record, in order."""
     events: list[str] = field(default_factory=list)
     """Record writes and API switches, in the order they happened."""
+    windows: list[Colour] = field(default_factory=list)
+    """The colours an observe window was started on."""
+    baselines: list[dict[str, ServerCounters]] = field(default_factory=list)
+    """The baseline each ``observe`` was given."""
     _copy_seen: int = 0
     _preview_seen: int = 0
     _rollout_seen: int = 0
@@ -139,7 +144,14 @@ class FakePlatform:
             return False
         return self.active_colour == colour and self._rollout_seen > self.rollout_polls
 
-    def observe(self, colour: Colour, since_seconds: float) -> ObservedMetrics:
+    def observe_start(self, colour: Colour) -> dict[str, ServerCounters]:
+        self.windows.append(colour)
+        return {"api-0#0": ServerCounters(requests=1000)}
+
+    def observe(
+        self, colour: Colour, since_seconds: float, baseline: dict[str, ServerCounters]
+    ) -> ObservedMetrics:
+        self.baselines.append(baseline)
         return self.observed
 
 
@@ -223,6 +235,31 @@ def test_happy_path_goes_through_every_phase_in_order_and_records_production() -
     assert status.drift_p_value == 0.5
     assert set(status.phase_times) == set(HAPPY)
     assert status.phase_times[Phase.PROMOTED] > status.phase_times[Phase.PENDING]
+
+
+def test_the_observe_window_starts_when_observing_does_and_every_reading_is_against_it() -> None:
+    """The baseline is taken once, as the phase is entered, and kept in the status."""
+    platform = FakePlatform()
+    entered: list[PromotionStatus] = []
+
+    def watch(st: PromotionStatus) -> None:
+        if st.phase is Phase.OBSERVING and not entered:
+            entered.append(st.model_copy(deep=True))
+
+    status, _ = _run(platform, FakeGates(), before=watch)
+
+    assert platform.windows == [Colour.GREEN]
+    baseline = {"api-0#0": ServerCounters(requests=1000)}
+    assert entered and entered[0].observe_baseline == baseline
+    assert status.observe_baseline == baseline
+    assert platform.baselines and all(b == baseline for b in platform.baselines)
+
+
+def test_a_first_deployment_starts_no_observe_window() -> None:
+    platform = FakePlatform(active_colour=None, volumes={})
+    status, _ = _run(platform, FakeGates())
+    assert status.phase is Phase.PROMOTED
+    assert platform.windows == [] and status.observe_baseline is None
 
 
 def test_phase_times_are_monotonic_along_the_path() -> None:

@@ -11,6 +11,7 @@ from flipserve.promotion import (
     Phase,
     Production,
     PromotionStatus,
+    ServerCounters,
     reconcile,
 )
 from flipserve.reconciler import PromotionRequest, dump_status, give_up, load_status
@@ -122,3 +123,18 @@ def test_a_rollback_request_that_has_switched_is_retried_not_failed() -> None:
     st = give_up(st, platform, "store down", T0, rollback_request=True)  # type: ignore[arg-type]
     assert st.phase is Phase.SWITCHING and not st.rolling_back
     assert st.reason == "retrying the rollback: store down"
+
+
+def test_the_observe_baseline_survives_a_round_trip_through_the_custom_resource() -> None:
+    """A restarted controller measures the window from the same readings."""
+    baseline = {
+        "flipserve-6f7c-abcde#0": ServerCounters(
+            requests=1200, errors=3, latency_buckets={"0.05": 1100, "+Inf": 1200}
+        )
+    }
+    st = PromotionStatus(
+        phase=Phase.OBSERVING, from_colour="blue", to_colour="green", observe_baseline=baseline
+    )
+    raw = dump_status(st, _request(), "macro_f1")
+    assert raw["observeBaseline"]["flipserve-6f7c-abcde#0"]["latency_buckets"]["+Inf"] == 1200
+    assert load_status(raw) == st

@@ -121,13 +121,13 @@ live object back instead of re-applying values.model.initialColour on every
 
 {{/*
 Whether the store is reached with static keys from a Secret: always with
-MinIO or store.existingSecret; with an external S3 only when
+the embedded object store or store.existingSecret; with an external S3 only when
 store.accessKeyId is set. Otherwise no keys are passed and boto3 uses its
 default chain (e.g. an IAM role bound to the ServiceAccount). Non-empty means yes.
 */}}
 {{- define "flipserve.storeHasKeys" -}}
 {{- $s := .Values.store }}
-{{- if and (not .Values.minio.enabled) (not $s.existingSecret) }}
+{{- if and (not .Values.objectStore.enabled) (not $s.existingSecret) }}
 {{- if and $s.accessKeyId (not $s.secretAccessKey) }}
 {{- fail "store.secretAccessKey is required when store.accessKeyId is set" }}
 {{- end }}
@@ -135,7 +135,7 @@ default chain (e.g. an IAM role bound to the ServiceAccount). Non-empty means ye
 {{- fail "store.accessKeyId is required when store.secretAccessKey is set" }}
 {{- end }}
 {{- end }}
-{{- if or .Values.minio.enabled $s.existingSecret $s.accessKeyId }}true{{ end }}
+{{- if or .Values.objectStore.enabled $s.existingSecret $s.accessKeyId }}true{{ end }}
 {{- end }}
 
 {{/* Name of the Secret with the API token. */}}
@@ -147,10 +147,10 @@ default chain (e.g. an IAM role bound to the ServiceAccount). Non-empty means ye
 {{- end }}
 {{- end }}
 
-{{/* S3 endpoint: the in-cluster MinIO when enabled, else values.store.endpointUrl. */}}
+{{/* S3 endpoint: the in-cluster object store when enabled, else values.store.endpointUrl. */}}
 {{- define "flipserve.s3EndpointUrl" -}}
-{{- if .Values.minio.enabled }}
-{{- printf "http://%s-minio.%s.svc:%d" (include "flipserve.fullname" .) .Release.Namespace (int .Values.minio.service.port) }}
+{{- if .Values.objectStore.enabled }}
+{{- printf "http://%s-object-store.%s.svc:%d" (include "flipserve.fullname" .) .Release.Namespace (int .Values.objectStore.service.port) }}
 {{- else }}
 {{- .Values.store.endpointUrl }}
 {{- end }}

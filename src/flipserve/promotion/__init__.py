@@ -27,6 +27,7 @@ from flipserve.promotion.status import (
     Phase,
     PromotionSpec,
     PromotionStatus,
+    ServerCounters,
 )
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "Production",
     "PromotionSpec",
     "PromotionStatus",
+    "ServerCounters",
     "admission",
     "reconcile",
     "restore_production",

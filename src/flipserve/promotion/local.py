@@ -43,7 +43,7 @@ from flipserve.errors import ModelNotReadyError, PromotionError
 from flipserve.promotion.platform import ActiveModel, CopyProgress, CopyState, Production
 from flipserve.promotion.production import StoreProduction
 from flipserve.promotion.proxy import ADMIN_HEADER
-from flipserve.promotion.status import Colour, ModelTarget, ObservedMetrics
+from flipserve.promotion.status import Colour, ModelTarget, ObservedMetrics, ServerCounters
 from flipserve.settings import Settings
 from flipserve.store import FileBackend, Store
 
@@ -271,7 +271,12 @@ class LocalPlatform:
             return False
         return int(stats.get("in_flight", {}).get(colour.other.value, 0)) == 0
 
-    def observe(self, colour: Colour, since_seconds: float) -> ObservedMetrics:
+    def observe_start(self, colour: Colour) -> dict[str, ServerCounters]:
+        return {}  # the proxy counts per colour over a time window itself
+
+    def observe(
+        self, colour: Colour, since_seconds: float, baseline: dict[str, ServerCounters]
+    ) -> ObservedMetrics:
         stats = self._admin(
             "GET", "/-/stats", params={"colour": colour.value, "since": max(since_seconds, 1.0)}
         )

@@ -392,6 +392,8 @@ def _switching(
             st.reason = f"waiting for the API rollout to {to}"
         return
     platform.stop_preview(to)
+    if st.from_colour is not None:  # the observe window starts now (none for a first deployment)
+        st.observe_baseline = platform.observe_start(to)
     _enter(st, Phase.OBSERVING, now, f"the API serves {to}; observing")
 
 
@@ -435,7 +437,7 @@ def _observing(
     to = _colours(st)
     elapsed = _elapsed(st, now)
     if st.from_colour is not None:  # a first deployment has nothing to roll back to
-        st.observed = platform.observe(to, elapsed)
+        st.observed = platform.observe(to, elapsed, st.observe_baseline or {})
         breach = g.observe_breach(st.observed, spec)
         if breach is not None:
             st.gates.append(g.observe_verdict(st.observed, spec))

@@ -20,7 +20,7 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
-from flipserve.promotion.status import Colour, ModelTarget, ObservedMetrics
+from flipserve.promotion.status import Colour, ModelTarget, ObservedMetrics, ServerCounters
 
 
 class CopyState(StrEnum):
@@ -120,6 +120,17 @@ class Platform(Protocol):
         """Whether every API replica now serves ``colour`` and is ready."""
         ...
 
-    def observe(self, colour: Colour, since_seconds: float) -> ObservedMetrics:
-        """The API's behaviour on ``colour`` over the last ``since_seconds``."""
+    def observe_start(self, colour: Colour) -> dict[str, ServerCounters]:
+        """Start the observe window: each ``colour`` server's cumulative counters now.
+
+        The machine keeps them in the status (a restarted controller measures the
+        same window) and hands them back to ``observe``. A platform that windows
+        its measurements itself returns an empty dict.
+        """
+        ...
+
+    def observe(
+        self, colour: Colour, since_seconds: float, baseline: dict[str, ServerCounters]
+    ) -> ObservedMetrics:
+        """The API's behaviour on ``colour`` since ``baseline`` (``since_seconds`` ago)."""
         ...

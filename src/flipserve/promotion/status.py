@@ -144,7 +144,7 @@ class GateResult(BaseModel):
 
 
 class ObservedMetrics(BaseModel):
-    """The new colour's behaviour since the switch (from its own metrics)."""
+    """The new colour's behaviour over the observe window (from its own metrics)."""
 
     requests: int = 0
     errors: int = 0
@@ -155,6 +155,38 @@ class ObservedMetrics(BaseModel):
     @property
     def error_rate(self) -> float:
         return self.errors / self.requests if self.requests else 0.0
+
+
+class ServerCounters(BaseModel):
+    """One server's cumulative request counters, as its ``GET /metrics`` reports them.
+
+    The observe window is the difference of two readings: a baseline when
+    Observing starts, and each reading after it.
+    """
+
+    requests: float = 0.0
+    errors: float = 0.0
+    """Requests answered with a 5xx."""
+    latency_buckets: dict[str, float] = Field(default_factory=dict)
+    """The latency histogram's cumulative buckets: upper bound in seconds (``"0.05"``,
+    ``"+Inf"``) → requests at most that slow."""
+
+    def since(self, base: ServerCounters | None) -> ServerCounters:
+        """What was counted after ``base``: all of it when there is no base, or when a
+        counter went down (the server restarted and counts from zero again)."""
+        if base is None or self._reset_since(base):
+            return self
+        buckets = {k: v - base.latency_buckets.get(k, 0.0) for k, v in self.latency_buckets.items()}
+        return ServerCounters(
+            requests=self.requests - base.requests,
+            errors=self.errors - base.errors,
+            latency_buckets=buckets,
+        )
+
+    def _reset_since(self, base: ServerCounters) -> bool:
+        if self.requests < base.requests or self.errors < base.errors:
+            return True
+        return any(self.latency_buckets.get(k, 0.0) < v for k, v in base.latency_buckets.items())
 
 
 class PromotionStatus(BaseModel):
@@ -183,6 +215,10 @@ class PromotionStatus(BaseModel):
     drift_p_value: float | None = None
     gates: list[GateResult] = Field(default_factory=list)
     observed: ObservedMetrics | None = None
+    observe_baseline: dict[str, ServerCounters] | None = None
+    """Each new-colour server's counters when Observing began, by server (a pod and its
+    restart count, in a cluster): the observe window is measured from them. Empty
+    where the platform windows its measurements itself (the local proxy)."""
     switched_at: datetime | None = None
     rolling_back: bool = False
     """Set when the observe gate (or a stuck rollout) breached: the API is moving back."""
