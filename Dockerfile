@@ -41,16 +41,20 @@ RUN --mount=type=cache,target=/root/.cache/uv --mount=type=secret,id=ca \
  && $UV pip install --python /opt/flipserve/bin/python ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} \
       "$(grep -E '^torch==' requirements/lock.txt)" \
  && $UV pip install --python /opt/flipserve/bin/python --no-deps -r /tmp/lock-cpu.txt
+# Tests and C headers shipped inside wheels are dead weight at run time.
+RUN find /opt/flipserve -depth -type d \( -name tests -o -name test \) -path '*/site-packages/*' \
+      -not -path '*/torch/*' -exec rm -rf {} + \
+ && find /opt/flipserve -name '*.h' -path '*/include/*' -delete \
+ && echo /opt/flipserve-app > "$(/opt/flipserve/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/flipserve-app.pth"
+# flipserve itself goes to a prefix of its own (found through that .pth file), so a
+# change to the code rebuilds a small layer, never the ~7 GB of dependencies that
+# `kind load` and containerd would otherwise copy again.
 COPY pyproject.toml README.md ./
 COPY src ./src
 RUN --mount=type=cache,target=/root/.cache/uv --mount=type=secret,id=ca \
     if [ -s /run/secrets/ca ]; then export SSL_CERT_FILE=/run/secrets/ca; fi \
- && $UV pip install --python /opt/flipserve/bin/python --no-deps . \
- && /opt/flipserve/bin/flipserve --version
-# Tests and C headers shipped inside wheels are dead weight at run time.
-RUN find /opt/flipserve -depth -type d \( -name tests -o -name test \) -path '*/site-packages/*' \
-      -not -path '*/torch/*' -exec rm -rf {} + \
- && find /opt/flipserve -name '*.h' -path '*/include/*' -delete
+ && $UV pip install --python /opt/flipserve/bin/python --no-deps --target /opt/flipserve-app . \
+ && /opt/flipserve-app/bin/flipserve --version
 
 FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="flipserve" \
@@ -60,9 +64,10 @@ LABEL org.opencontainers.image.title="flipserve" \
 RUN groupadd --system --gid 10001 flipserve \
  && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --shell /usr/sbin/nologin flipserve
 COPY --from=build /opt/flipserve /opt/flipserve
+COPY --from=build /opt/flipserve-app /opt/flipserve-app
 # The root filesystem is read-only in the cluster: everything that writes goes
 # to /tmp (an emptyDir there), and nothing is fetched from the Hub.
-ENV PATH=/opt/flipserve/bin:${PATH} \
+ENV PATH=/opt/flipserve-app/bin:/opt/flipserve/bin:${PATH} \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \

@@ -29,15 +29,19 @@ def _default_state_dir() -> Path:
 
 
 def _exports(state: dict[str, Any]) -> str:
-    return f'export KUBECONFIG={state["kubeconfig"]}\nexport PATH="{state["bin_dir"]}:$PATH"\n'
+    lines = f'export KUBECONFIG={state["kubeconfig"]}\nexport PATH="{state["bin_dir"]}:$PATH"\n'
+    if state.get("real_node"):  # the Makefile's cluster targets then act on the real node
+        lines += "export FLIPSERVE_CLUSTER=local\n"
+    return lines
 
 
-def _serve(state_dir: Path) -> int:
+def _serve(state_dir: Path, real_node: bool) -> int:
     """Run a cluster in this process until SIGTERM/SIGINT; ``up`` starts this detached."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    with ControlPlane(build_binaries()) as cluster:
+    cluster = ControlPlane(build_binaries(), nodes=0 if real_node else 3, real_node=real_node)
+    with cluster:
         state = {
             "pid": os.getpid(),
             "kubeconfig": str(cluster.kubeconfig),
@@ -45,6 +49,8 @@ def _serve(state_dir: Path) -> int:
             "server": cluster.server,
             "root": str(cluster.root),
             "started_seconds": round(cluster.started_seconds, 2),
+            "real_node": real_node,
+            "containerd_socket": str(cluster.node.containerd_socket) if cluster.node else "",
         }
         partial = state_dir / "state.json.tmp"
         partial.write_text(json.dumps(state, indent=2))
@@ -68,7 +74,7 @@ def _running(state_dir: Path) -> dict[str, Any] | None:
     return state
 
 
-def _up(state_dir: Path, timeout: float) -> int:
+def _up(state_dir: Path, timeout: float, real_node: bool) -> int:
     if state := _running(state_dir):
         print(_exports(state), end="")
         return 0
@@ -77,7 +83,8 @@ def _up(state_dir: Path, timeout: float) -> int:
     log = state_dir / "cluster.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "tests.controlplane", "serve", "--state-dir", str(state_dir)],
+            [sys.executable, "-m", "tests.controlplane", "serve", "--state-dir", str(state_dir)]
+            + (["--real-node"] if real_node else []),
             cwd=REPO,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -109,7 +116,7 @@ def _down(state_dir: Path) -> int:
         return 0
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-        for _ in range(300):
+        for _ in range(1500):  # a real node drains its pods first
             os.kill(pid, 0)
             time.sleep(0.1)
         os.kill(pid, signal.SIGKILL)  # its children die with it (PR_SET_PDEATHSIG)
@@ -123,16 +130,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.controlplane", description=__doc__)
     parser.add_argument("command", choices=["up", "down", "env", "serve"])
     parser.add_argument("--state-dir", type=Path, default=_default_state_dir())
-    parser.add_argument("--timeout", type=float, default=600, help="seconds for `up` (a build)")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds for `up` (builds)")
+    parser.add_argument(
+        "--real-node",
+        action="store_true",
+        help="a real kubelet node (containerd, kube-proxy, CoreDNS; root) instead of KWOK's",
+    )
+    parser.add_argument("--field", help="with `env`: print this field of the state only")
     args = parser.parse_args(argv)
     if args.command == "up":
-        return _up(args.state_dir, args.timeout)
+        return _up(args.state_dir, args.timeout, args.real_node)
     if args.command == "down":
         return _down(args.state_dir)
     if args.command == "serve":
-        return _serve(args.state_dir)
+        return _serve(args.state_dir, args.real_node)
     if state := _running(args.state_dir):
-        print(_exports(state), end="")
+        print(state[args.field] if args.field else _exports(state), end="\n" if args.field else "")
         return 0
     print("no local control plane is running; `make cluster-local` starts one", file=sys.stderr)
     return 1

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.controlplane.api import Api
+from tests.controlplane.node import NODE_IP, RealNode, terminate
 from tests.controlplane.pki import kubeconfig, write_pki
 from tests.controlplane.provisioner import STORAGE_CLASS_OBJECT, FakeProvisioner
 
@@ -143,10 +144,17 @@ class ControlPlane:
     ``start()`` returns once the API is ready, every node is Ready and the ``default``
     ServiceAccount exists (pods can be created); ``stop()`` ends every process and removes
     the temporary directory. Use it as a context manager.
+
+    With ``real_node=True`` a real kubelet node joins as well (:mod:`tests.controlplane.node`):
+    the API server then listens on the node's address instead of loopback (pods must reach
+    it), authorises kubelets with the Node authorizer, and volumes are directories on that
+    node as kind's local-path-provisioner makes them, which the kubelet really mounts.
+    ``nodes`` KWOK nodes may still join; KWOK then manages only those.
     """
 
     bin_dir: Path
     nodes: int = NODE_COUNT
+    real_node: bool = False
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="flipserve-cp-")))
     components: list[Component] = field(default_factory=list)
     server: str = ""
@@ -154,6 +162,7 @@ class ControlPlane:
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds from start() to each step (pki ... nodes_ready, usable)."""
     started_seconds: float = 0.0
+    node: RealNode | None = None
     _provisioner: FakeProvisioner | None = None
 
     @property
@@ -200,6 +209,10 @@ class ControlPlane:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "owner.pid").write_text(f"{os.getpid()}\n")
         try:
+            if self.real_node:
+                RealNode.check_host()
+                self.node = RealNode(self)
+                self.node.prepare_network()
             write_pki(self.pki)
             mark("pki")
             self._start_etcd(deadline)
@@ -209,10 +222,16 @@ class ControlPlane:
             api = Api(self.server, self.pki)
             self._start_controllers()
             self._seed(api)
-            self._provisioner = FakeProvisioner(api, self.root / "volumes")
+            self._provisioner = FakeProvisioner(
+                api, self.root / "volumes", node=self.node.name if self.node else None
+            )
             self._provisioner.start()
             self._wait_nodes(api, deadline)
             mark("nodes_ready")
+            if self.node is not None:
+                # image builds are slow the first time; they have their own limits
+                self.node.start(time.monotonic() + max(timeout, 3600))
+                mark("real_node_ready")
             self._wait_default_account(api, deadline)
             mark("usable")
         except BaseException:
@@ -223,6 +242,14 @@ class ControlPlane:
 
     def stop(self) -> None:
         """Terminate every process (newest first), then remove the temporary directory."""
+        if self.node is not None:
+            # nothing may recreate or reschedule pods while the node drains
+            for component in self.components:
+                if component.name in ("kube-controller-manager", "kube-scheduler"):
+                    terminate(component)
+            self.node.drain()
+            self.node.stop()
+            self.node = None
         if self._provisioner is not None:
             self._provisioner.stop()
             self._provisioner = None
@@ -316,11 +343,15 @@ class ControlPlane:
     # steps of start() ---------------------------------------------------------------------
 
     def _spawn(self, name: str, *args: str) -> Component:
+        return self.spawn(name, self.bin_dir / name, *args)
+
+    def spawn(self, name: str, binary: Path, *args: str) -> Component:
+        """Start ``binary`` (dies with this process), logging to logs/<name>.log."""
         log = self.root / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [*_die_with_parent(), str(self.bin_dir / name), *args],
+                [*_die_with_parent(), str(binary), *args],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -340,6 +371,10 @@ class ControlPlane:
                     f"{component.name} exited with {component.process.returncode}; "
                     f"last lines of {component.log}:\n{tail}"
                 )
+
+    def wait_for(self, what: str, ready: Any, deadline: float) -> None:
+        """Poll ``ready()`` until true, failing fast when a component dies."""
+        self._wait(what, ready, deadline)
 
     def _wait(self, what: str, ready: Any, deadline: float) -> None:
         """Poll ``ready()`` until true, failing fast when a component dies."""
@@ -376,27 +411,41 @@ class ControlPlane:
 
     def _start_apiserver(self, deadline: float) -> None:
         port = free_port()
-        self.server = f"https://127.0.0.1:{port}"
+        # with a real node, pods reach the API server at the node's address (through the
+        # `kubernetes` Service, whose endpoint is then that address)
+        address = NODE_IP if self.real_node else "127.0.0.1"
+        self.server = f"https://{address}:{port}"
         pki = self.pki
+        if self.real_node:
+            node_flags = [
+                "--authorization-mode=Node,RBAC",
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-client-certificate={pki / 'apiserver-kubelet.crt'}",
+                f"--kubelet-client-key={pki / 'apiserver-kubelet.key'}",
+            ]
+        else:
+            node_flags = [
+                "--authorization-mode=RBAC",
+                # the `kubernetes` Service's Endpoints would point at 127.0.0.1, which
+                # Endpoints validation rejects; nothing here dials the Service anyway
+                "--endpoint-reconciler-type=none",
+            ]
         self._spawn(
             "kube-apiserver",
             f"--etcd-servers={self.etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={address}",
+            f"--advertise-address={address}",
             f"--secure-port={port}",
             f"--cert-dir={self.root / 'apiserver-certs'}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
-            "--authorization-mode=RBAC",
+            *node_flags,
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allow-privileged=true",
-            # the `kubernetes` Service's Endpoints would point at 127.0.0.1, which
-            # Endpoints validation rejects; nothing here dials the Service anyway
-            "--endpoint-reconciler-type=none",
             "--profiling=false",
         )
         self.kubeconfig.write_text(json.dumps(kubeconfig(self.server, pki, "admin"), indent=2))
@@ -424,11 +473,16 @@ class ControlPlane:
             "--leader-elect=false",
             "--secure-port=0",
         )
+        if not self.nodes:
+            return
         self._spawn(
             "kwok",
             f"--kubeconfig={self.kubeconfig}",
             f"--config={KWOK_STAGES}",
-            "--manage-all-nodes=true",
+            # only its own nodes: left to manage all, it would also take over a real
+            # node and report that node's pods Running with fake addresses
+            "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             "--cidr=10.244.0.1/16",  # KWOK's default /24 runs out of pod IPs at 254
             # Heartbeat through node Leases: without them KWOK renews node status about
             # every 55 s, past the node lifecycle controller's 50 s grace, so nodes flap

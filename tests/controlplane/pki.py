@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.controlplane.node import NODE_IP
+
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
@@ -74,6 +76,8 @@ CLIENTS = {
     "admin": _name("flipserve-admin", "system:masters"),
     "controller-manager": _name("system:kube-controller-manager"),
     "scheduler": _name("system:kube-scheduler"),
+    # the API server's client certificate towards kubelets (logs, exec, port-forward)
+    "apiserver-kubelet": _name("kube-apiserver-kubelet-client"),
 }
 
 
@@ -89,6 +93,7 @@ def write_pki(pki: Path) -> None:
                 "127.0.0.1",
                 "localhost",
                 "10.96.0.1",
+                NODE_IP,  # where pods reach it when a real node joins
                 "kubernetes",
                 "kubernetes.default",
                 "kubernetes.default.svc",
@@ -111,6 +116,17 @@ def write_pki(pki: Path) -> None:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
+
+
+def issue_client(pki: Path, stem: str, common_name: str, organization: str | None = None) -> None:
+    """One more client certificate from the CA ``write_pki`` made (``stem``.crt/.key)."""
+    ca = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _issue(_name(common_name, organization), key, (ca, ca_key))
+    (pki / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (pki / f"{stem}.key").write_bytes(_pem_key(key))
 
 
 def kubeconfig(server: str, pki: Path, client: str) -> dict[str, Any]:

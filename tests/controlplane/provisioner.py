@@ -30,11 +30,23 @@ STORAGE_CLASS_OBJECT = {
 
 
 class FakeProvisioner:
-    """Answers claims of the ``standard`` StorageClass with pre-bound hostPath volumes."""
+    """Answers claims of the ``standard`` StorageClass with pre-bound volumes.
 
-    def __init__(self, api: Api, volumes: Path, interval: float = 0.5) -> None:
+    hostPath volumes. Without ``node`` (KWOK nodes only) nothing ever mounts them. With
+    ``node``, a real kubelet's, they are what kind's local-path-provisioner makes: a
+    directory on that node, world-writable (mode 0777, made here), the PV pinned to the
+    node; the kubelet bind-mounts it into the pods for real. (``local`` PVs would have
+    the kubelet apply fsGroup, but only on the first mount: the API pods mount a colour's
+    volume read-only before the copy Job writes to it, so the ownership never changes and
+    the copy fails, which kind and Minikube users never see.)
+    """
+
+    def __init__(
+        self, api: Api, volumes: Path, interval: float = 0.5, node: str | None = None
+    ) -> None:
         self._api = api
         self._volumes = volumes
+        self._node = node
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fake-provisioner", daemon=True)
@@ -73,6 +85,18 @@ class FakeProvisioner:
                         "DELETE", f"/api/v1/persistentvolumes/{volume['metadata']['name']}"
                     )
 
+    def _source(self, name: str) -> dict[str, Any]:
+        path = self._volumes / name
+        if self._node is None:
+            return {"hostPath": {"path": str(path), "type": "DirectoryOrCreate"}}
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o777)
+        term = {"key": "kubernetes.io/hostname", "operator": "In", "values": [self._node]}
+        return {
+            "hostPath": {"path": str(path), "type": "Directory"},
+            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [term]}]}},
+        }
+
     def _volume_for(self, claim: dict[str, Any]) -> dict[str, Any]:
         meta, spec = claim["metadata"], claim["spec"]
         name = f"pvc-{meta['uid']}"
@@ -89,7 +113,7 @@ class FakeProvisioner:
                 "volumeMode": spec.get("volumeMode", "Filesystem"),
                 "storageClassName": STORAGE_CLASS,
                 "persistentVolumeReclaimPolicy": "Delete",
-                "hostPath": {"path": str(self._volumes / name), "type": "DirectoryOrCreate"},
+                **self._source(name),
                 "claimRef": {
                     "apiVersion": "v1",
                     "kind": "PersistentVolumeClaim",
