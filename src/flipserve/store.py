@@ -1,4 +1,4 @@
-"""The artifact store: S3 (MinIO, moto, AWS) or a local directory, one interface.
+"""The artifact store: S3 (SeaweedFS, AWS, moto) or a local directory, one interface.
 
 Layout under the store root (``s3://bucket/prefix`` or ``file:///path``)::
 
@@ -14,8 +14,10 @@ destination, checks the manifest against the ref's digest and every file
 against the manifest, then renames the directory into place; on any failure
 the hidden directory is removed. Records that several writers may update
 (production, scores) are written by compare-and-swap on the object's ETag:
-S3 conditional writes (``If-Match`` / ``If-None-Match``), or a lock file plus
-an atomic rename on the local backend. This is the only module importing boto3.
+S3 conditional writes (``If-Match`` / ``If-None-Match``; the chart's SeaweedFS
+checks and writes under a per-object lock, so racing writers are serialised),
+or a lock file plus an atomic rename on the local backend. This is the only
+module importing boto3.
 """
 
 from __future__ import annotations
@@ -212,7 +214,7 @@ def _copy(src: Path, dest: Path, advance: Advance) -> None:
 
 
 class S3Backend(Backend):
-    """A bucket and key prefix behind the S3 API (AWS, MinIO, moto)."""
+    """A bucket and key prefix behind the S3 API (SeaweedFS, AWS, moto)."""
 
     def __init__(self, client: Any, bucket: str, prefix: str, transfer: Any) -> None:
         self.client, self.bucket, self.prefix = client, bucket, prefix.strip("/")

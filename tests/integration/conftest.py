@@ -4,8 +4,10 @@
 (tests/controlplane/); ``namespace`` gives each test its own namespace in it.
 Binaries are built on first use (hack/controlplane/build.sh); if the control
 plane cannot start, every test that needs it fails with the reason, never skips.
-``s3_server`` is moto's S3 server on 127.0.0.1 with one bucket; ``served`` a
-real model server on a READY volume (see server_support.py).
+``seaweedfs`` is a real SeaweedFS, the S3 server the chart embeds, and
+``s3_server`` moto's S3 server, each on 127.0.0.1 with one bucket (see
+:func:`seaweedfs` for which tests use which); ``served`` a real model server on
+a READY volume (see server_support.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from moto.server import ThreadedMotoServer
 
 from flipserve.settings import Settings
 from tests.controlplane import ControlPlane, ControlPlaneError, build_binaries
+from tests.integration.seaweedfs_support import SeaweedFS, SeaweedFSError
 from tests.integration.server_support import ServerProcess, build_artifact, make_volume, tweets
 
 
@@ -55,12 +58,12 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> It
 
 
 ACCESS_KEY = "flipserve-test"
-SECRET_KEY = "flipserve-test-secret"  # moto accepts any key
+SECRET_KEY = "flipserve-test-secret"  # moto accepts any key; SeaweedFS is given this one
 
 
 @dataclass(frozen=True)
 class S3Server:
-    """A running moto S3 server: endpoint, credentials and one ready bucket."""
+    """A running S3 server (moto or SeaweedFS): endpoint, credentials and one ready bucket."""
 
     endpoint_url: str
     bucket: str
@@ -111,6 +114,41 @@ def s3_server() -> Iterator[S3Server]:
         yield s3
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real SeaweedFS on free loopback ports (the chart's flags), with a bucket created.
+
+    The embedded store's own semantics are what the production record relies on:
+    conditional writes (If-Match / If-None-Match) and whether racing writers are
+    serialised. So the store and production-record tests run against it as well
+    as moto and a directory (``s3_any``). moto stays where SeaweedFS adds nothing:
+    tests that only need some S3 API over HTTP (publish/fetch plumbing, the
+    controller's and server's store settings, error mapping of an unreachable
+    endpoint or of unknown credentials), since it starts in-process in
+    milliseconds and needs no Go build. weed is built by hack/realnode/build.sh
+    on first use; if it cannot be built or started, the test fails with the
+    reason, never skips.
+    """
+    try:
+        weed = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"), ACCESS_KEY, SECRET_KEY).start()
+    except SeaweedFSError as e:
+        pytest.fail(f"SeaweedFS did not start: {e}", pytrace=False)
+    s3 = S3Server(endpoint_url=weed.endpoint_url, bucket="flipserve-test")
+    weed.create_bucket(s3.bucket)
+    try:
+        yield s3
+    finally:
+        weed.stop(timeout=5)  # its data dies with it: no need for the slow graceful stop
+
+
+@pytest.fixture(params=["moto", "seaweedfs"])
+def s3_any(request: pytest.FixtureRequest) -> S3Server:
+    """Each S3 server in turn: moto, then the real SeaweedFS the chart embeds."""
+    name = "s3_server" if request.param == "moto" else "seaweedfs"
+    server: S3Server = request.getfixturevalue(name)
+    return server
 
 
 @pytest.fixture

@@ -1,11 +1,13 @@
 """The store's production record drives local promotions: real store, real processes.
 
 Each test runs the local platform (real copier, proxy and stand-in server
-processes on loopback) with its production record in a real store: moto's S3
-server over HTTP, or a ``file://`` directory. The score gate's baseline comes
-from that record; the switch writes it by compare-and-swap before the API
-moves; rollbacks write it back. Two local roots sharing one store are two
-promoters (say, two clusters' controllers) racing for the same record.
+processes on loopback) with its production record in a real store: SeaweedFS
+(the S3 server the chart embeds, whose conditional writes the compare-and-swap
+relies on) or moto's S3 server over HTTP, or a ``file://`` directory. The score
+gate's baseline comes from that record; the switch writes it by
+compare-and-swap before the API moves; rollbacks write it back. Two local roots
+sharing one store are two promoters (say, two clusters' controllers) racing for
+the same record.
 """
 
 from __future__ import annotations
@@ -54,13 +56,15 @@ class Crash(BaseException):
     """The process dies here: not an Exception, so the drive loop does not retry it."""
 
 
-@pytest.fixture(params=["s3", "file"])
+@pytest.fixture(params=["moto", "seaweedfs", "file"])
 def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    """The production record's store: a fresh prefix in moto's S3, or a directory."""
-    if request.param == "s3":
-        s3: Settings = request.getfixturevalue("s3_settings")
-        return s3
-    return Settings(store_uri=(tmp_path / "prod-store").as_uri(), show_progress=False)
+    """The production record's store: a fresh prefix in moto or SeaweedFS, or a directory."""
+    if request.param == "file":
+        return Settings(store_uri=(tmp_path / "prod-store").as_uri(), show_progress=False)
+    server: S3Server = request.getfixturevalue(
+        "s3_server" if request.param == "moto" else "seaweedfs"
+    )
+    return server.settings()
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
-"""The artifact store against a real S3 API (moto server) and a local directory."""
+"""The artifact store against real S3 servers (SeaweedFS, the chart's; moto) and a directory."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,12 +51,15 @@ def model_ref(uri: str, digest: str, version: str = "v1", f1: float = 0.5) -> Mo
     )
 
 
-@pytest.fixture(params=["s3", "file"])
+@pytest.fixture(params=["moto", "seaweedfs", "file"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    if request.param == "s3":
-        settings: Settings = request.getfixturevalue("s3_settings")
-    else:
+    if request.param == "file":
         settings = Settings(store_uri=(tmp_path / "store").as_uri(), show_progress=False)
+    else:
+        server: S3Server = request.getfixturevalue(
+            "s3_server" if request.param == "moto" else "seaweedfs"
+        )
+        settings = server.settings()
     return Store.open(settings)
 
 
@@ -69,8 +73,8 @@ def test_publish_then_fetch_gives_identical_verified_files(store: Store, tmp_pat
     assert not [p for p in dest.parent.iterdir() if p.name.startswith(".")]
 
 
-def test_multipart_upload_round_trips(s3_server: S3Server, tmp_path: Path) -> None:
-    settings = s3_server.settings(multipart_threshold_mb=5)
+def test_multipart_upload_round_trips(s3_any: S3Server, tmp_path: Path) -> None:
+    settings = s3_any.settings(multipart_threshold_mb=5)
     store = Store.open(settings)
     src = make_artifact(tmp_path / "src", big=(16 << 20) + 123)
     uri, digest = store.publish(src, "m", "v1")
@@ -174,6 +178,74 @@ def test_concurrent_production_writers_never_lose_an_update(store: Store) -> Non
     assert record.model.version == wins[-1]
 
 
+RACERS = 8
+
+
+def _race(n: int, write: Callable[[int], None]) -> dict[int, str]:
+    """Run ``write(i)`` in ``n`` threads released together; each one's outcome."""
+    start = threading.Barrier(n)
+    outcomes: dict[int, str] = {}
+
+    def racer(i: int) -> None:
+        start.wait()
+        try:
+            write(i)
+            outcomes[i] = "won"
+        except ConflictError as e:
+            outcomes[i] = f"conflict: {e}"
+
+    threads = [threading.Thread(target=racer, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(outcomes) == n, outcomes  # no racer died of anything but a conflict
+    return outcomes
+
+
+def test_racing_promoters_from_one_etag_exactly_one_wins(store: Store) -> None:
+    """Promoters that all read the same record write it at once: one wins, none is lost."""
+    store.write_production(model_ref(store.uri + "/a", "1" * 64, "v0"), None)
+    for generation in range(2, 7):
+        _, etag = store.read_production()
+
+        def promote(i: int, etag: str | None = etag) -> None:
+            ref = model_ref(store.uri + "/a", "1" * 64, f"r{i}")
+            store.write_production(ref, etag, updated_by=f"r{i}")
+
+        outcomes = _race(RACERS, promote)
+        (winner,) = [i for i, o in outcomes.items() if o == "won"]
+        record, _ = store.read_production()
+        assert record is not None
+        assert (record.generation, record.updated_by, record.model.version) == (
+            generation,
+            f"r{winner}",
+            f"r{winner}",
+        )
+
+
+@pytest.mark.parametrize("condition", ["if-match", "if-none-match"])
+def test_racing_conditional_writes_let_exactly_one_through(store: Store, condition: str) -> None:
+    """The server itself serialises them: no client-side read before the write.
+
+    write_production reads the record first and refuses a stale ETag itself, so
+    losers of a close race may never reach the server; here every racer's
+    condition is judged by the store (S3 If-Match / If-None-Match, or the file
+    backend's lock).
+    """
+    for round_ in range(10):
+        key = f"race/{condition}-{round_}.json"
+        base = store.backend.put(key, b"base") if condition == "if-match" else None
+
+        def write(i: int, key: str = key, base: str | None = base) -> None:
+            store.backend.put(key, f"writer {i}".encode(), match=base, create=base is None)
+
+        outcomes = _race(RACERS, write)
+        winners = [i for i, o in outcomes.items() if o == "won"]
+        assert len(winners) == 1, f"round {round_}: {outcomes}"
+        assert store.backend.get(key)[0] == f"writer {winners[0]}".encode()
+
+
 def test_scores_are_appended_never_replaced(store: Store) -> None:
     ref = model_ref(store.uri + "/a", "1" * 64)
     store.record_scores(ref, {"macro_f1": 0.5}, note="publish")
@@ -189,8 +261,8 @@ def test_feedback_is_appended_as_new_objects(store: Store) -> None:
     assert sorted(r["text"] for r in store.read_feedback()) == ["bad", "good"]
 
 
-def test_missing_bucket_is_one_clear_error(s3_server: S3Server, tmp_path: Path) -> None:
-    settings = s3_server.settings()
+def test_missing_bucket_is_one_clear_error(s3_any: S3Server, tmp_path: Path) -> None:
+    settings = s3_any.settings()
     store = Store.open(settings, "s3://no-such-bucket/x")
     with pytest.raises(NotFoundError, match="bucket 'no-such-bucket' does not exist"):
         store.publish(make_artifact(tmp_path / "src"), "m", "v1")
