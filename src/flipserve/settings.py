@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     store_uri: str = "file://./.flipserve-store"
     """Root of the artifact store: ``s3://bucket/prefix`` or ``file:///path``."""
     s3_endpoint_url: str | None = None
-    """S3 API endpoint (MinIO, moto); None means AWS's own."""
+    """S3 API endpoint (SeaweedFS, moto); None means AWS's own."""
     s3_region: str = "us-east-1"
     s3_access_key_id: SecretStr | None = None
     s3_secret_access_key: SecretStr | None = None

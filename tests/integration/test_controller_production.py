@@ -3,7 +3,7 @@
 Same harness as test_controller.py (the chart installed in the local control
 plane, the controller process authenticated by the chart's ServiceAccount,
 stub model servers), but the controller's store is a moto S3 server, as the
-chart's store settings would point it at MinIO: the score gate's baseline is
+chart's store settings would point it at SeaweedFS: the score gate's baseline is
 the record in S3, the switch writes it there by compare-and-swap, and a
 record changed by another promoter while a promotion was in flight (here:
 while its controller was down) fails that promotion without moving the API.
