@@ -51,8 +51,9 @@ lock: ## Re-resolve requirements/*.in into the lock files
 	$(VENV)/bin/uv pip compile -q --python-version 3.11 requirements/main.in requirements/dev.in -o $(LOCK)
 
 .PHONY: tools
-tools: ## Build (or reuse) the local control plane's binaries from Go modules
+tools: ## Build (or reuse) the local control plane's and real node's binaries from Go modules
 	@hack/controlplane/build.sh >/dev/null
+	@hack/realnode/build.sh >/dev/null
 
 ##@ Main job
 
@@ -101,8 +102,12 @@ test-unit: setup ## Unit tests only (no I/O)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 .PHONY: test
-test: setup tools data lint ## Everything CI runs: lint, type check, unit and integration tests
-	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS)
+test: setup tools data lint ## Everything CI runs: lint, type check, unit, integration and real-pod e2e tests
+	$(PY) -m pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
+
+.PHONY: test-e2e
+test-e2e: setup tools data ## The end-to-end flow on real pods (a real node here, as root; or FLIPSERVE_E2E_KUBECONFIG)
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 ##@ Chart and manifests
 
@@ -136,8 +141,9 @@ verify-manifests: ## Fail when manifests/ differ from what the chart renders
 
 ##@ Cluster
 
-# kind (default) or minikube.
-CLUSTER ?= kind
+# kind (default), minikube, or local (`make cluster-local`'s real node; its
+# `make -s cluster-local-env` exports FLIPSERVE_CLUSTER=local).
+CLUSTER ?= $(or $(FLIPSERVE_CLUSTER),kind)
 CLUSTER_NAME ?= flipserve
 NAMESPACE ?= flipserve
 RELEASE ?= flipserve
@@ -145,8 +151,13 @@ IMAGE ?= flipserve
 IMAGE_TAG ?= dev
 INGRESS_NGINX_VERSION ?= controller-v1.12.1
 INGRESS_NGINX_KIND := https://raw.githubusercontent.com/kubernetes/ingress-nginx/$(INGRESS_NGINX_VERSION)/deploy/static/provider/kind/deploy.yaml
-# Where the Ingress answers: kind maps it to localhost, Minikube to its VM's IP.
-INGRESS_HOST ?= $(if $(filter minikube,$(CLUSTER)),$(shell minikube -p $(CLUSTER_NAME) ip 2>/dev/null),localhost)
+# Where the Ingress answers: kind maps it to localhost, Minikube to its VM's IP; on the
+# local real node the API Service's cluster IP (kube-proxy's rules reach it from here).
+INGRESS_HOST ?= $(if $(filter minikube,$(CLUSTER)),$(shell minikube -p $(CLUSTER_NAME) ip 2>/dev/null),$(if $(filter local,$(CLUSTER)),$(shell kubectl -n $(NAMESPACE) get svc $(RELEASE) -o jsonpath='{.spec.clusterIP}' 2>/dev/null),localhost))
+# The local real node runs the object store image built here (hack/realnode/images.sh).
+ifeq ($(CLUSTER),local)
+LOCAL_DEPLOY_ARGS := --set objectStore.image.repository=flipserve.local/seaweedfs --set objectStore.image.tag=dev
+endif
 REF ?= model_refs/model.json
 TEXT ?= I love this!
 DEPLOY_ARGS ?=
@@ -176,10 +187,16 @@ endif
 
 .PHONY: images
 images: ## Build the flipserve image and load it into the cluster
+ifeq ($(CLUSTER),local)
+	FLIPSERVE_IMAGE=$(IMAGE):$(IMAGE_TAG) hack/realnode/images.sh \
+	  "$$($(PY) -m tests.controlplane env --field containerd_socket --state-dir $(CLUSTER_STATE))" \
+	  "$$(hack/realnode/build.sh)"
+else
 	docker build -t $(IMAGE):$(IMAGE_TAG) .
+endif
 ifeq ($(CLUSTER),minikube)
 	minikube -p $(CLUSTER_NAME) image load $(IMAGE):$(IMAGE_TAG)
-else
+else ifeq ($(CLUSTER),kind)
 	kind load docker-image --name $(CLUSTER_NAME) $(IMAGE):$(IMAGE_TAG)
 endif
 
@@ -202,7 +219,7 @@ deploy: $(EVAL_SET) ## helm upgrade --install the chart (the API turns ready aft
 	  --dry-run=client -o yaml | kubectl apply -f -
 	$(HELM) upgrade --install $(RELEASE) $(CHART) -n $(NAMESPACE) \
 	  --set image.repository=$(IMAGE) --set image.tag=$(IMAGE_TAG) \
-	  --set controller.evalSet.configMap=$(RELEASE)-eval-set $(DEPLOY_ARGS)
+	  --set controller.evalSet.configMap=$(RELEASE)-eval-set $(LOCAL_DEPLOY_ARGS) $(DEPLOY_ARGS)
 	kubectl -n $(NAMESPACE) rollout status deploy/$(RELEASE)-object-store --timeout=300s
 	kubectl -n $(NAMESPACE) rollout status deploy/$(RELEASE)-controller --timeout=300s
 
@@ -253,7 +270,11 @@ endif
 CLUSTER_STATE := $(CACHE)/controlplane/local/$(shell printf %s "$(CURDIR)" | sha256sum | cut -c1-12)
 
 .PHONY: cluster-local
-cluster-local: setup tools ## Start etcd, kube-apiserver, controllers, scheduler, KWOK on 127.0.0.1 in the background; prints `export KUBECONFIG=...`
+cluster-local: setup tools ## Start the local control plane and a real node (root) in the background; prints `export ...` lines
+	@$(PY) -m tests.controlplane up --real-node --state-dir $(CLUSTER_STATE)
+
+.PHONY: cluster-local-kwok
+cluster-local-kwok: setup tools ## The local control plane with KWOK fake nodes only (no root, no containers)
 	@$(PY) -m tests.controlplane up --state-dir $(CLUSTER_STATE)
 
 .PHONY: cluster-local-env
@@ -330,3 +351,7 @@ test-controller: setup tools ## The controller's integration tests against the l
 .PHONY: bench-rollout-kube
 bench-rollout-kube: setup tools ## Promotion wall time and API calls on the local control plane -> bench/results/rollout.json (controlplane key)
 	nice $(PY) -m bench.rollout_kube
+
+.PHONY: bench-e2e
+bench-e2e: setup tools data ## Promotion and rollback under load on real pods vs a naive rolling update -> bench/results/e2e.json
+	nice $(PY) -m bench.e2e

@@ -33,6 +33,14 @@ class LoadStats:
     latencies_ms: list[float] = field(default_factory=list)
     # (seconds since start, version) sampled on each answer, for the report's timeline
     versions: list[tuple[float, str]] = field(default_factory=list)
+    # seconds since start at which each failed request ended
+    failure_times: list[float] = field(default_factory=list)
+
+    def failing_seconds(self) -> float:
+        """From the first failed request to the last: how long users saw errors (0: none)."""
+        if not self.failure_times:
+            return 0.0
+        return max(self.failure_times) - min(self.failure_times)
 
     def percentile(self, q: float) -> float | None:
         if not self.latencies_ms:
@@ -123,5 +131,6 @@ class LoadGenerator:
             if error is not None:
                 self.stats.failed += 1
                 self.stats.errors[error] += 1
+                self.stats.failure_times.append(now - self._start)
             if version and (not self.stats.versions or self.stats.versions[-1][1] != version):
                 self.stats.versions.append((now - self._start, version))

@@ -134,6 +134,12 @@ class RealNode:
     def prepare_network(self) -> None:
         """The node's address must exist before the API server binds it."""
         clean_stale()
+        if _run("ip", "link", "show", NODE_BRIDGE, check=False).returncode == 0:
+            raise NodeError(
+                f"a real node is already running on this machine ({NODE_BRIDGE} exists and "
+                "its starter is alive): one at a time; `make cluster-local-down` stops "
+                "the one `make cluster-local` started"
+            )
         self._chains_before = _chains()
         self._netns_before = (
             set(os.listdir("/var/run/netns")) if Path("/var/run/netns").is_dir() else set()

@@ -124,10 +124,11 @@ class Cluster:
 
 def _local_cluster(work: Path) -> Iterator[Cluster]:
     from tests.controlplane import ControlPlane, ControlPlaneError, build_binaries
+    from tests.controlplane.node import NodeError
 
     try:
         cp = ControlPlane(build_binaries(), nodes=0, real_node=True).start(timeout=180)
-    except ControlPlaneError as e:
+    except (ControlPlaneError, NodeError) as e:
         pytest.fail(f"the local control plane with a real node did not start: {e}", pytrace=False)
     try:
         yield Cluster(cp.kubeconfig, cp.env, "real-node", work=work)
@@ -137,13 +138,7 @@ def _local_cluster(work: Path) -> Iterator[Cluster]:
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    work = tmp_path_factory.mktemp("e2e")
-    external = os.environ.get("FLIPSERVE_E2E_KUBECONFIG")
-    if external:
-        env = dict(os.environ) | {"KUBECONFIG": external}
-        yield Cluster(Path(external), env, "kind", os.environ.get("FLIPSERVE_E2E_API_URL"), work)
-        return
-    yield from _local_cluster(work)
+    yield from cluster_for(tmp_path_factory.mktemp("e2e"))
 
 
 def chart_values() -> list[str]:
@@ -282,8 +277,7 @@ class Release:
         return "\n".join(parts)
 
 
-@pytest.fixture(scope="module")
-def release(cluster: Cluster) -> Iterator[Release]:
+def install(cluster: Cluster) -> Release:
     """The chart installed (and its eval-set ConfigMap made) as `make deploy` does."""
     cluster.run("kubectl", "create", "namespace", NAMESPACE)
     path = eval_set(cluster.work / "eval.jsonl")
@@ -298,8 +292,27 @@ def release(cluster: Cluster) -> Iterator[Release]:
         cluster.kubectl("rollout", "status", f"deploy/{deployment}", "--timeout=600s", timeout=620)
     refs = cluster.work / "refs"
     refs.mkdir(exist_ok=True)
-    yield Release(cluster, refs)
-    if os.environ.get("FLIPSERVE_E2E_KEEP"):  # for a person debugging the flow
-        return
+    return Release(cluster, refs)
+
+
+def uninstall(cluster: Cluster) -> None:
     cluster.helm("uninstall", RELEASE, "--wait", "--timeout", "2m", check=False, timeout=200)
     cluster.run("kubectl", "delete", "namespace", NAMESPACE, "--wait=false", check=False)
+
+
+def cluster_for(work: Path) -> Iterator[Cluster]:
+    """The cluster ``FLIPSERVE_E2E_KUBECONFIG`` names, else a local one with a real node."""
+    external = os.environ.get("FLIPSERVE_E2E_KUBECONFIG")
+    if external:
+        env = dict(os.environ) | {"KUBECONFIG": external}
+        yield Cluster(Path(external), env, "kind", os.environ.get("FLIPSERVE_E2E_API_URL"), work)
+        return
+    yield from _local_cluster(work)
+
+
+@pytest.fixture(scope="module")
+def release(cluster: Cluster) -> Iterator[Release]:
+    """The chart installed for one test module; uninstalled after it."""
+    yield install(cluster)
+    if not os.environ.get("FLIPSERVE_E2E_KEEP"):  # kept for a person debugging the flow
+        uninstall(cluster)

@@ -2,10 +2,11 @@
 
 Seed v1 (the copy Job fills a PVC in a real pod, the API pods mount it read-only and turn
 Ready only then), predict through the API Service, promote a better v2 under sustained
-load (0 failed), see the score gate refuse a worse v3 and the active colour serve on, roll
-back under load to the model that served before (never the refused one), see the drift
-gate refuse a candidate while the live traffic has drifted, delete the controller pod
-mid-promotion twice, and run the chart's helm test pod. The tests share one release
+load (0 failed), roll back under load to v1, see the score gate refuse v3 (no better than
+v1) with the active colour serving on, and a rollback then refused (the idle volume holds
+the refused v3, never served), see the drift gate refuse a candidate while the live
+traffic has drifted, delete the controller pod mid-promotion twice, and run the chart's
+helm test pod. The tests share one release
 (module scope) and run in file order; each states the state it leaves.
 
 Models: v1 and v3 are ``flipserve train --config tiny`` (weak), v2 and v4 the ``SMALL``
@@ -25,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.e2e.conftest import RELEASE, E2EError, Release
-from tests.integration.server_support import emails, spam_dir
 
 from flipserve import data
 from flipserve.loadgen import LoadGenerator, LoadStats
+from tests.e2e.conftest import RELEASE, E2EError, Release
+from tests.integration.server_support import emails, spam_dir
 
 pytestmark = pytest.mark.e2e
 
@@ -170,20 +171,8 @@ def test_promote_a_better_model_under_load(release: Release, models: dict[str, P
     assert "v2" in {v for _, v in stats.versions}
 
 
-def test_score_gate_refuses_a_worse_model_and_the_active_colour_serves_on(
-    release: Release, models: dict[str, Path]
-) -> None:
-    before = release.active()
-    ref = release.publish(models["v3"], "v3")
-    code, out, status = _promote(release, ref, "--skip-drift-gate")
-    assert code != 0 and status["phase"] == "Failed", out
-    assert "score" in json.dumps(status).lower()
-    assert release.active() == before
-    assert _predict(release, ["fine"])["version"] == "v2"
-
-
 def test_rollback_under_load_returns_to_the_model_that_served_before(release: Release) -> None:
-    # the idle colour's volume now holds the refused v3, not v1
+    # the idle colour's volume still holds v1: no copy, just the switch back
     result, stats = _under_load(release, lambda: release.cluster.flipserve("rollback", "--kube"))
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{release.diagnostics()}"
     assert stats.failed == 0, stats.errors
@@ -193,7 +182,30 @@ def test_rollback_under_load_returns_to_the_model_that_served_before(release: Re
           lambda: _api_claims(release) == {f"{RELEASE}-model-{colour}"}, 180, release)  # fmt: skip
     answer = _predict(release, ["ok then"])
     assert (answer["version"], answer["colour"]) == ("v1", colour)
-    assert "v3" not in {v for _, v in stats.versions}
+
+
+def test_score_gate_refuses_a_worse_model_and_the_active_colour_serves_on(
+    release: Release, models: dict[str, Path]
+) -> None:
+    before = release.active()
+    ref = release.publish(models["v3"], "v3")
+    code, out, status = _promote(release, ref, "--skip-drift-gate")
+    assert code != 0 and status["phase"] == "Failed", out
+    assert "score" in json.dumps(status).lower()
+    assert release.active() == before
+    assert _predict(release, ["fine"])["version"] == "v1"
+
+
+def test_rollback_after_a_refused_promotion_never_serves_the_refused_model(
+    release: Release,
+) -> None:
+    # the refused v3 was copied onto the idle colour, which held v2 before
+    before = release.active()
+    result = release.cluster.flipserve("rollback", "--kube")
+    assert result.returncode != 0
+    assert "holds v3" in result.stdout + result.stderr, result.stdout + result.stderr
+    assert release.active() == before
+    assert _predict(release, ["fine"])["version"] == "v1"
 
 
 def test_drift_gate_refuses_a_candidate_while_live_traffic_has_drifted(
