@@ -1,6 +1,6 @@
 """A real Kubernetes control plane on 127.0.0.1, for the integration tests and for people.
 
-There is no Docker engine on our machines, so no kind. This starts etcd, kube-apiserver
+kind cannot run on our machines (no node image can be pulled). This starts etcd, kube-apiserver
 (RBAC, ServiceAccount admission), kube-controller-manager, kube-scheduler and KWOK (fake
 nodes; it marks scheduled pods Running/Ready and run-once pods Succeeded, see
 tests/data/kwok-stages.yaml) from the binaries ``hack/controlplane/build.sh`` builds, each
@@ -9,6 +9,7 @@ temporary directory. Tests use :class:`ControlPlane` through the ``control_plane
 (tests/integration/conftest.py); people use the command line::
 
     python -m tests.controlplane up     # start in the background, print `export ...` lines
+    python -m tests.controlplane up --real-node   # with a real kubelet node (root; node.py)
     python -m tests.controlplane env    # print them again
     python -m tests.controlplane down   # stop it and remove its files
 
@@ -17,7 +18,8 @@ Pending is never scheduled. So the cluster gets a default StorageClass ``standar
 name kind uses) whose provisioner is :class:`FakeProvisioner`, a thread of the process that
 started the cluster: it answers each claim of that class with a hostPath PersistentVolume
 pre-bound to it (the external-provisioner protocol, so the real PV binder does the
-binding) and deletes released ones. Claims bind within a second; nothing is ever mounted.
+binding) and deletes released ones. Claims bind within a second; on KWOK nodes nothing is
+ever mounted, on the real node (:mod:`tests.controlplane.node`) the kubelet mounts them.
 """
 
 from tests.controlplane.cluster import (
