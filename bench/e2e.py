@@ -204,6 +204,7 @@ def run(cluster: Cluster) -> dict[str, Any]:
         "rollback_seconds": round(back_seconds, 1),
         "rollback_requests": back_stats.requests,
         "rollback_failed": back_stats.failed,
+        "rollback_errors": dict(back_stats.errors),
         "naive": naive,
         "failed_ratio_vs_naive": (
             None if not naive["failed"] else round(stats.failed / naive["failed"], 4)
@@ -224,7 +225,7 @@ def main() -> int:
             cluster.run("kubectl", "delete", "namespace", NAMESPACE, "--wait=false", check=False)
         clusters.close()  # stops the local cluster
     report = {
-        "command": "python -m bench.e2e " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python -m bench.e2e", *sys.argv[1:]]),
         "cores": os.cpu_count(),
         "load": "4 closed-loop workers, one tweet per request, to the API Service",
         **figures,
