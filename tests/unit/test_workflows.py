@@ -55,3 +55,14 @@ def test_ci_runs_the_same_make_targets_as_people() -> None:
     runs = [s.get("run", "") for s in _steps(_load(WORKFLOWS[0]))]
     assert any(r.startswith("make test") for r in runs)
     assert "make chart-lint" in runs and "make verify-manifests" in runs
+
+
+def test_the_kind_workflow_runs_the_same_pytest_flow_as_make_test() -> None:
+    """One definition of the end-to-end flow: e2e.yaml runs tests/e2e, not bash of its own."""
+    e2e = next(p for p in WORKFLOWS if p.name == "e2e.yaml")
+    runs = "\n".join(s.get("run", "") for s in _steps(_load(e2e)))
+    assert "make test-e2e" in runs
+    assert "make seed" not in runs and "make publish-model" not in runs  # the old bash flow
+    makefile = (e2e.parents[2] / "Makefile").read_text()
+    assert "tests/e2e" in makefile.split("\ntest-e2e:")[1].split("\n\n")[0]
+    assert "tests/e2e" in makefile.split("\ntest:")[1].split("\n\n")[0]
